@@ -1,0 +1,226 @@
+"""One registry of Keras components, looked up by name from Keras itself.
+
+Every name a spec may use — layer classes, initializers, regularizers,
+constraints, activations, optimizers, learning-rate schedules, losses,
+metrics, callbacks, applications — is found here, by reading Keras's own
+public namespaces (plus kspec's own layers and any plugin the user loads).
+There is no hand-written table of components: a Keras upgrade that adds a
+layer makes it available (after `make schemas`).
+
+Keras is imported lazily: importing this module is free, and the front half
+(`kspec validate`) never calls into it; it reads the generated schemas instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from functools import lru_cache
+from typing import Any, Callable
+
+KINDS = ("layers", "initializers", "regularizers", "constraints", "activations", "optimizers",
+         "schedules", "losses", "metrics", "callbacks", "applications")
+
+# The public Keras namespace of each kind, and the base class of its classes
+# (None: the namespace holds functions, e.g. activations and applications).
+_NAMESPACES = {
+    "layers": ("keras.layers", "Layer"),
+    "initializers": ("keras.initializers", "Initializer"),
+    "regularizers": ("keras.regularizers", "Regularizer"),
+    "constraints": ("keras.constraints", "Constraint"),
+    "activations": ("keras.activations", None),
+    "optimizers": ("keras.optimizers", "Optimizer"),
+    "schedules": ("keras.optimizers.schedules", "LearningRateSchedule"),
+    "losses": ("keras.losses", "Loss"),
+    "metrics": ("keras.metrics", "Metric"),
+    "callbacks": ("keras.callbacks", "Callback"),
+    "applications": ("keras.applications", None),
+}
+
+# Names a spec may not use. Abstract bases and containers are not components;
+# Lambda and TFSMLayer would run or load arbitrary code (a plugin may still
+# register its own layers); the rest need Python objects as arguments.
+_EXCLUDED = {
+    "layers": {"Layer", "InputLayer", "Lambda", "TFSMLayer", "Wrapper", "RNN", "StackedRNNCells",
+               "InputSpec", "Pipeline", "JaxLayer", "FlaxLayer", "TorchModuleWrapper"},
+    "initializers": {"Initializer"},
+    "regularizers": {"Regularizer"},
+    "constraints": {"Constraint"},
+    "optimizers": {"Optimizer", "LossScaleOptimizer", "MultiOptimizer", "OptimizerMap"},
+    "schedules": {"LearningRateSchedule"},
+    "losses": {"Loss"},
+    "metrics": {"Metric", "MeanMetricWrapper"},
+    "callbacks": {"Callback", "CallbackList", "History", "LambdaCallback", "LearningRateScheduler",
+                  "ProgbarLogger", "RemoteMonitor", "OrbaxCheckpoint"},
+}
+
+# Keyword arguments whose value is itself a component, by argument name.
+_ARG_SUFFIX_KINDS = (("_initializer", "initializers"), ("_regularizer", "regularizers"),
+                     ("_constraint", "constraints"))
+_ARG_KINDS = {"activation": "activations", "recurrent_activation": "activations",
+              "layer": "layers", "backward_layer": "layers", "cell": "layers",
+              "learning_rate": "schedules"}
+
+_plugins: dict[str, type] = {}   # layer classes from kspec's own layers and --plugin modules
+
+
+def arg_kind(arg: str) -> str | None:
+    """The component kind a keyword argument takes (`kernel_initializer` -> "initializers")."""
+    if arg in _ARG_KINDS:
+        return _ARG_KINDS[arg]
+    for suffix, kind in _ARG_SUFFIX_KINDS:
+        if arg.endswith(suffix):
+            return kind
+    return None
+
+
+def _module(kind: str):
+    return importlib.import_module(_NAMESPACES[kind][0])
+
+
+@lru_cache(maxsize=None)
+def _table(kind: str) -> dict[str, Any]:
+    """Name -> class or function, read from Keras's public namespace for `kind`."""
+    if kind not in _NAMESPACES:
+        raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
+    module = _module(kind)
+    base_name = _NAMESPACES[kind][1]
+    base = getattr(module, base_name) if base_name else None
+    excluded = _EXCLUDED.get(kind, set())
+    table: dict[str, Any] = {}
+    for name in dir(module):
+        if name.startswith("_") or name in excluded or name in ("get", "serialize", "deserialize"):
+            continue
+        obj = getattr(module, name)
+        if base is not None:
+            if inspect.isclass(obj) and issubclass(obj, base) and not inspect.isabstract(obj):
+                table[name] = obj
+        elif callable(obj) and not inspect.ismodule(obj):
+            table[name] = obj
+    table.update(_string_aliases(kind, module))
+    if kind == "layers":
+        _load_own_layers()
+        table.update(_plugins)
+    return table
+
+
+def _string_aliases(kind: str, module) -> dict[str, Any]:
+    """Lower-case names Keras's own `get()` accepts (`adam`, `mse`, `accuracy`)."""
+    get = getattr(module, "get", None)
+    if get is None:
+        return {}
+    internal = importlib.import_module(module.__name__.replace("keras.", "keras.src.", 1))
+    candidates = getattr(internal, "ALL_OBJECTS_DICT", {})
+    aliases = {}
+    for name in candidates:
+        if name.islower() and not name.startswith("_") and name not in _EXCLUDED.get(kind, set()):
+            aliases[name] = name   # strings are handed to Keras as they are: they serialize cleanly
+    for name in _EXCLUDED.get(kind, set()):
+        aliases.pop(name.lower(), None)
+    return aliases
+
+
+def _load_own_layers() -> None:
+    """kspec's own layers (Maxout, Log1p, ...) are registered Keras serializables."""
+    import compiler.layers as own
+
+    for name in getattr(own, "__all__", ()):
+        _plugins.setdefault(name, getattr(own, name))
+
+
+def load_plugin(module_name: str) -> list[str]:
+    """Import a user's module (`--plugin`) and expose its Keras layer classes by name."""
+    import keras
+
+    module = importlib.import_module(module_name)
+    added = []
+    for name, obj in vars(module).items():
+        if inspect.isclass(obj) and issubclass(obj, keras.layers.Layer) and obj.__module__ == module.__name__:
+            _plugins[name] = obj
+            added.append(name)
+    _table.cache_clear()
+    return added
+
+
+def names(kind: str) -> list[str]:
+    """Every name of `kind` a spec may use, sorted."""
+    return sorted(_table(kind))
+
+
+def suggest(name: str, candidates, n: int = 3) -> list[str]:
+    """Close matches for a misspelled name (case-insensitive)."""
+    lowered = {c.lower(): c for c in candidates}
+    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
+
+
+class UnknownComponent(KeyError):
+    def __init__(self, kind: str, name: str, suggestions: list[str]):
+        self.kind, self.name, self.suggestions = kind, name, suggestions
+        hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(f"unknown {kind[:-1]} '{name}'{hint}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def lookup(kind: str, name: str) -> Any:
+    """The class or function called `name` (or the string itself for `get()` aliases)."""
+    table = _table(kind)
+    if name not in table:
+        raise UnknownComponent(kind, name, suggest(name, table))
+    return table[name]
+
+
+def create(kind: str, value: Any) -> Any:
+    """A Keras object from its spec form: a name (`he_normal`) or a one-key mapping
+    (`{RandomNormal: {stddev: 0.02}}`). Arguments that are components themselves
+    (`kernel_initializer`, a schedule as `learning_rate`, a wrapped `layer`) are
+    created too. Numbers and None pass through (`learning_rate: 0.01`)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        name, args = value, {}
+    elif isinstance(value, dict) and len(value) == 1:
+        (name, args), = value.items()
+        args = dict(args or {})
+    else:
+        raise TypeError(f"expected a {kind[:-1]} name or a one-key mapping, got {value!r}")
+    obj = lookup(kind, name)
+    if isinstance(obj, str):          # an alias Keras resolves itself ("adam", "mse")
+        if not args:
+            return obj
+        obj = lookup(kind, _class_for_alias(kind, obj))
+    if not args and not inspect.isclass(obj):
+        return obj                    # a function by name: an activation, a loss
+    return instantiate(obj, args)
+
+
+def _class_for_alias(kind: str, alias: str) -> str:
+    """`adam` -> `Adam`, so that `{adam: {learning_rate: 0.1}}` works too."""
+    for name, obj in _table(kind).items():
+        if inspect.isclass(obj) and name.lower() == alias.replace("_", ""):
+            return name
+    raise UnknownComponent(kind, alias, [])
+
+
+def instantiate(cls: Callable, args: dict) -> Any:
+    """Call `cls(**args)`, first creating the arguments that are components."""
+    return cls(**{key: create_arg(key, value) for key, value in args.items()})
+
+
+def create_arg(arg: str, value: Any) -> Any:
+    kind = arg_kind(arg)
+    if kind is None or value is None:
+        return value
+    if kind == "schedules" and isinstance(value, (int, float)):
+        return value
+    if kind == "layers" and not isinstance(value, dict):
+        return value
+    return create(kind, value)
+
+
+def signature(kind: str, name: str) -> inspect.Signature:
+    """The constructor signature of a component class (for the schema generator)."""
+    obj = lookup(kind, name)
+    return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)

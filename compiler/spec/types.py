@@ -1,0 +1,144 @@
+"""The typed spec: what `validate` hands to every later stage.
+
+Later stages (build, data, train, export) read these frozen dataclasses only,
+never the raw YAML tree, and never import the front half's internals. Each
+piece keeps its source `loc` (and `via`, the block use sites it came through)
+so a Keras error at build or train time still points at the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import Loc
+
+
+@dataclass(frozen=True)
+class Component:
+    """A Keras component by name, with keyword arguments: `adam`, `{Adam: {learning_rate: 0.01}}`.
+
+    `kind` is the registry kind it belongs to ("optimizers", "losses", "metrics",
+    "callbacks", "initializers", ...). `args` may nest further components
+    (e.g. a learning-rate schedule inside an optimizer), still as plain values.
+    """
+
+    kind: str
+    name: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    loc: Loc | None = None
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: `pixels: {shape: [8, 8, 1], dtype: float32}`."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+    loc: Loc | None = None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the model graph, after blocks and repeats are expanded.
+
+    `layer` is a Keras layer class name (`Dense`, `Conv2D`, ...), `Backbone`, or a
+    class registered by a plugin. `args` are that class's keyword arguments as
+    written in the spec (initializers, regularizers... still as names or one-key
+    mappings; the builder turns them into Keras objects). `inputs` is explicit:
+    default chaining is already resolved. If `shares` names another node, this
+    node calls that node's layer again (same weights) and `layer`/`args` are the
+    shared node's.
+    """
+
+    name: str
+    layer: str
+    args: Mapping[str, Any]
+    inputs: tuple[str, ...]
+    loc: Loc | None = None
+    path: str = ""
+    via: tuple[Loc, ...] = ()
+    shares: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    inputs: tuple[InputSpec, ...]
+    nodes: tuple[NodeSpec, ...]
+    outputs: tuple[str, ...]
+
+    def node(self, name: str) -> NodeSpec:
+        return next(n for n in self.nodes if n.name == name)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from and how it is split and prepared.
+
+    `source` is the kind (`sklearn`, `csv`, `npz`, `images`, `synthetic`) and
+    `params` its arguments as written (`{csv: data.csv, target: y}` gives
+    source="csv", params={"path": "data.csv", "target": "y"}); relative paths in
+    params are already made absolute against the spec file's folder.
+    `preprocess` and `augment` are Components of kind "preprocess"/"augment"
+    (`standardize`, `log1p`, `{rescale: {scale: 0.0039}}`, `{RandomFlip: {...}}`).
+    """
+
+    source: str
+    params: Mapping[str, Any]
+    validation: float = 0.0
+    test: float = 0.0
+    stratify: bool | None = None          # None: automatic (classification targets)
+    reshape: tuple[int, ...] | None = None
+    preprocess: tuple[Component, ...] = ()
+    augment: tuple[Component, ...] = ()
+    loc: Loc | None = None
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One training phase: `{epochs: 5, trainable: false}` then `{epochs: 10, trainable: "block_16.*", learning_rate: 1e-5}`."""
+
+    name: str
+    epochs: int
+    trainable: bool | str | None = None   # None: leave as is
+    optimizer: Component | None = None    # None: keep the train optimizer
+    learning_rate: float | None = None
+    loc: Loc | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    optimizer: Component
+    losses: Mapping[str, Component]                  # output name -> loss
+    metrics: Mapping[str, tuple[Component, ...]]     # output name -> metrics
+    loss_weights: Mapping[str, float] | None = None
+    batch_size: int = 32
+    epochs: int = 10
+    callbacks: tuple[Component, ...] = ()
+    class_weight: Mapping[int, float] | str | None = None   # a mapping, "balanced" or None
+    phases: tuple[PhaseSpec, ...] = ()                       # empty: one phase of `epochs`
+    keep: str = "best"                    # model.keras holds the "best" (by monitor) or "last" weights
+    monitor: str = "val_loss"
+    deterministic: bool = False
+    mixed_precision: str | None = None    # "mixed_float16" | "mixed_bfloat16" | None
+    jit_compile: bool | str = False       # True, False or "auto"
+    distribute: str = "none"              # "auto" | "none" | "mirrored" | "multi_worker"
+    steps_per_execution: int = 1
+    ensemble: int = 1
+    loc: Loc | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec. `tree` is the resolved YAML tree (for `kspec resolve` and the run directory)."""
+
+    version: int
+    name: str
+    seed: int
+    file: str
+    model: ModelSpec
+    data: DataSpec | None
+    train: TrainSpec | None
+    tree: Any = field(default=None, compare=False, repr=False)
