@@ -13,11 +13,12 @@ Keras is imported lazily: importing this module is free, and the front half
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from functools import lru_cache
 from typing import Any, Callable
+
+from .suggest import suggest
 
 KINDS = ("layers", "initializers", "regularizers", "constraints", "activations", "optimizers",
          "schedules", "losses", "metrics", "callbacks", "applications")
@@ -146,12 +147,6 @@ def load_plugin(module_name: str) -> list[str]:
 def names(kind: str) -> list[str]:
     """Every name of `kind` a spec may use, sorted."""
     return sorted(_table(kind))
-
-
-def suggest(name: str, candidates, n: int = 3) -> list[str]:
-    """Close matches for a misspelled name (case-insensitive)."""
-    lowered = {c.lower(): c for c in candidates}
-    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
 
 
 class UnknownComponent(KeyError):

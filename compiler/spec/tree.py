@@ -17,7 +17,7 @@ from ..errors import Loc
 class Map(dict):
     """A mapping with `loc` (its own position), `key_locs`, `value_locs` and `via`."""
 
-    __slots__ = ("loc", "key_locs", "value_locs", "via")
+    __slots__ = ("loc", "key_locs", "value_locs", "via", "source_path")
 
     def __init__(self, items=(), loc: Loc | None = None, via: tuple[Loc, ...] = ()):
         super().__init__(items)
@@ -25,6 +25,7 @@ class Map(dict):
         self.key_locs: dict[str, Loc] = {}
         self.value_locs: dict[str, Loc] = {}
         self.via = via
+        self.source_path: tuple | None = None   # where an expanded node was written (see expand.py)
 
     def set(self, key: str, value: Any, key_loc: Loc | None = None, value_loc: Loc | None = None) -> None:
         """Set `key`, recording its locations (defaulting to the map's own)."""
@@ -119,6 +120,7 @@ def copy(value: Any, via: tuple[Loc, ...] | None = None) -> Any:
     """A deep copy keeping every location; `via`, if given, replaces the use-site chain."""
     if isinstance(value, Map):
         out = Map(loc=value.loc, via=value.via if via is None else via)
+        out.source_path = value.source_path
         for k, v in value.items():
             out.set(k, copy(v, via), value.key_locs.get(k), value.value_locs.get(k))
         return out

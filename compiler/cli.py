@@ -1,0 +1,199 @@
+"""`kspec`: the command line. Parses arguments, runs one stage function, reports errors.
+
+Each command is a small function taking the parsed arguments. Heavy modules
+(Keras, TensorFlow) are imported inside the commands that need them, so
+`kspec validate`, `resolve`, `schema` and `--help` start instantly.
+
+Exit status: 0 success, 2 bad spec or bad data, 1 failure during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import KspecError
+
+
+def _spec_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    p.add_argument("spec", nargs="+" if many else None, help="spec file(s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import a Python module of registered Keras layers that the spec may use")
+
+
+def cmd_validate(args) -> int:
+    from .errors import SpecError
+    from .spec.validate import load_spec
+
+    failures = []
+    for path in args.spec:
+        try:
+            load_spec(path, args.overrides)
+            print(f"{path}: ok")
+        except SpecError as exc:
+            failures.extend(exc.diagnostics)
+    if failures:
+        raise SpecError(failures)
+    return 0
+
+
+def cmd_resolve(args) -> int:
+    import yaml
+
+    from .spec.tree import plain
+    from .spec.validate import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    sys.stdout.write(yaml.safe_dump(plain(spec.tree), sort_keys=False, default_flow_style=None))
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .spec.schemas import SPEC_SCHEMA, read
+
+    if args.component:
+        print(json.dumps(read(f"components/{args.component}.schema.json"), indent=1))
+    else:
+        sys.stdout.write(SPEC_SCHEMA.read_text())
+    return 0
+
+
+def _load_plugins(names) -> None:
+    from . import registry
+
+    for name in names:
+        try:
+            registry.load_plugin(name)
+        except ImportError as exc:
+            raise KspecError(f"cannot import plugin module '{name}': {exc}") from None
+
+
+def cmd_build(args) -> int:
+    from .spec.validate import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    _load_plugins(args.plugin)
+    from .build import build_model, compile_model, describe
+
+    model = build_model(spec.model, spec.name)
+    if spec.train is not None:
+        compile_model(model, spec.train, spec.model)
+    out_dir = Path(args.output).parent if args.output else None
+    print(describe(model, out_dir))
+    if args.output:
+        from .train.rundir import atomic_save_model
+
+        atomic_save_model(model, Path(args.output))
+        print(f"saved the compiled, untrained model to {args.output}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .spec.validate import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    _load_plugins(args.plugin)
+    from .train import train
+
+    train(spec, run_dir=args.run_dir, resume=args.resume, workers=args.workers, verbose=args.verbose)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .train.evaluate import evaluate_run
+
+    evaluate_run(args.run, data=args.data)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .train.predict import predict_run
+
+    predict_run(args.run, args.input, output=args.output)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    export_run(args.run, args.format, args.output)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kspec", description="Compile a YAML spec into a Keras model and train it.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate", help="check specs (schema + meaning) without importing TensorFlow")
+    _spec_args(s, many=True)
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("resolve", help="print the fully resolved spec")
+    _spec_args(s)
+    s.set_defaults(func=cmd_resolve)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
+    s.add_argument("--component", metavar="KIND", help="print a component schema instead (layers, optimizers, ...)")
+    s.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("build", help="compile the model; print its summary; -o saves it untrained")
+    _spec_args(s)
+    s.add_argument("-o", "--output", metavar="MODEL.keras", help="save the compiled, untrained model")
+    s.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("train", help="build, train, evaluate and save a run directory")
+    _spec_args(s)
+    s.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/NAME/TIMESTAMP)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="train with N local worker processes (MultiWorkerMirroredStrategy)")
+    s.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                   help="0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal, else 2)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--data", metavar="SPEC_OR_FILE", help="evaluate on another data source (CSV/NPZ file)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("predict", help="predictions of a saved run for a file of inputs")
+    s.add_argument("run", help="run directory")
+    s.add_argument("input", help="CSV or NPZ file of inputs")
+    s.add_argument("-o", "--output", metavar="FILE", help="write predictions here (.csv or .npz; default: stdout CSV)")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export a run's model: keras, saved_model, tflite or onnx")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--format", required=True, choices=("keras", "saved_model", "tflite", "onnx"))
+    s.add_argument("-o", "--output", required=True, metavar="PATH")
+    s.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KspecError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kspec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug in kspec, not a user error: say so, briefly
+        if os.environ.get("KSPEC_DEBUG"):
+            raise
+        print(f"kspec: internal error: {type(exc).__name__}: {exc}\n"
+              "  (this is a bug in kspec; run again with KSPEC_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

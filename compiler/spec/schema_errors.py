@@ -1,0 +1,106 @@
+"""jsonschema errors, rewritten as plain-words diagnostics that point at the spec.
+
+jsonschema's own messages dump whole instances and schemas ("... is not valid
+under any of the given schemas"); users need "unknown argument 'filtrs' for
+Conv2D; did you mean 'filters'?" at the line of `filtrs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import Diagnostic
+from ..suggest import did_you_mean
+from .tree import format_path, locate
+
+_TYPE_WORDS = {"integer": "a whole number", "number": "a number", "string": "a string",
+               "boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}
+
+
+def describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"'{value}'"
+    return repr(value)
+
+
+def pick(error):
+    """The most useful error inside an anyOf/oneOf: the branch whose type matched, deepest first."""
+    while error.validator in ("anyOf", "oneOf") and error.context:
+        inner = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
+        candidates = inner or list(error.context)
+        deeper = max(len(e.relative_path) for e in candidates)
+        best = [e for e in candidates if len(e.relative_path) == deeper]
+        # among equals, prefer a concrete complaint over a generic one
+        rank = {"additionalProperties": 0, "enum": 1, "required": 2, "type": 4}
+        best.sort(key=lambda e: rank.get(e.validator, 3))
+        nxt = best[0]
+        if nxt is error:
+            break
+        error = nxt
+    return error
+
+
+def to_diagnostics(error, tree, display_path) -> list[Diagnostic]:
+    """One jsonschema error -> diagnostics (an `additionalProperties` error may name several keys)."""
+    error = pick(error)
+    path = list(error.absolute_path)
+    instance, schema, kind = error.instance, error.schema, error.validator
+    where = display_path(path)
+
+    def at(p, key=False, message=""):
+        loc, via = locate(tree, p, key=key)
+        return Diagnostic(message, loc, display_path(p), via=via)
+
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = list(schema.get("properties", {}))
+        extras = [k for k in instance if k not in schema.get("properties", {})]
+        owner = _owner(path)
+        out = []
+        for key in extras:
+            what = f"argument '{key}' for {owner}" if owner else f"key '{key}'" + (f" in {where}" if where else "")
+            out.append(at(path + [key], key=True, message=f"unknown {what}" + did_you_mean(key, allowed)))
+        return out
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in instance]
+        return [at(path, message=f"missing required key '{k}'" + (f" in {where}" if where else "")) for k in missing]
+    if kind == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        return [at(path, message=f"expected {words}, got {describe(instance)}")]
+    if kind == "enum":
+        options = [o for o in error.validator_value if o is not None]
+        shown = ", ".join(str(o) for o in options[:8]) + (", ..." if len(options) > 8 else "")
+        hint = did_you_mean(str(instance), [str(o) for o in options]) if isinstance(instance, str) else ""
+        return [at(path, message=f"{describe(instance)} is not allowed here{hint or f' (expected one of: {shown})'}")]
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return [at(path, message=f"must be {sign} {error.validator_value}, got {describe(instance)}")]
+    if kind in ("minProperties", "maxProperties") and isinstance(instance, dict):
+        return [at(path, message="expected a one-key mapping such as `{Adam: {learning_rate: 0.01}}`, "
+                                 f"got {len(instance)} keys")]
+    if kind in ("minItems", "maxItems"):
+        return [at(path, message=f"expected {'at least' if kind == 'minItems' else 'at most'} "
+                                 f"{error.validator_value} items, got {len(instance)}")]
+    if kind == "const":
+        return [at(path, message=f"expected {describe(error.validator_value)}, got {describe(instance)}")]
+    if kind == "pattern":
+        return [at(path, message=f"{describe(instance)} does not have the expected form")]
+    message = error.message if len(error.message) < 200 else error.message[:200] + "..."
+    return [at(path, message=message)]
+
+
+def _owner(path: list) -> str | None:
+    """`['model', 'layers', 3, 'Conv2D']` -> "Conv2D": the class whose arguments these are."""
+    if len(path) >= 4 and path[:2] == ["model", "layers"] and isinstance(path[-1], str) and path[-1][:1].isupper():
+        return path[-1]
+    if len(path) >= 3 and path[0] == "train" and isinstance(path[-1], str) and path[-1][:1].isupper():
+        return path[-1]
+    return None

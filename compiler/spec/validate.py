@@ -1,0 +1,274 @@
+"""Validate a resolved spec (JSON Schema, then meaning) and turn it into a typed `Spec`.
+
+Two passes, every error of both reported at once:
+1. the generated JSON Schema (structure, argument names and types);
+2. semantic checks the schema cannot express: node references, duplicate
+   names, cycles, outputs, losses for outputs that exist.
+The result is the typed `Spec` every later stage reads.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..errors import Collector, SpecError
+from ..suggest import did_you_mean
+from . import schemas
+from .extends import relative_to
+from .resolve import resolve
+from .schema_errors import to_diagnostics
+from .tree import Map, Seq, format_path, locate, plain
+from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec
+
+SIBLINGS = ("name", "inputs", "share", "call")
+SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name"}
+PATH_PARAMS = ("path",)
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """load -> resolve -> validate: the whole front half, for one spec file."""
+    tree = resolve(path, overrides)
+    return validate(tree, str(path))
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    from jsonschema import Draft7Validator
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT7
+
+    resources = []
+    for file in sorted(schemas.SCHEMA_DIR.rglob("*.schema.json")):
+        resources.append((file.as_uri(), DRAFT7.create_resource(json.loads(file.read_text()))))
+    registry = Registry().with_resources(resources)
+    return Draft7Validator({"$ref": schemas.SPEC_SCHEMA.as_uri()}, registry=registry)
+
+
+def schema_errors(tree: Map, display_path) -> list:
+    out = []
+    for error in _validator().iter_errors(tree):
+        out.extend(to_diagnostics(error, tree, display_path))
+    return out
+
+
+def validate(tree: Map, file: str) -> Spec:
+    """Check a resolved tree; return the typed Spec or raise SpecError with every problem."""
+    errors = Collector()
+
+    def display_path(path) -> str:
+        """A resolved-tree path, written as where the user wrote it (inside a block, say)."""
+        path = list(path)
+        if len(path) >= 3 and path[:2] == ["model", "layers"] and isinstance(path[2], int):
+            layers = tree.get("model", {}).get("layers")
+            if isinstance(layers, Seq) and path[2] < len(layers):
+                source = getattr(layers[path[2]], "source_path", None)
+                if source:
+                    path = list(source) + path[3:]
+        return format_path(path)
+
+    errors.diagnostics.extend(schema_errors(tree, display_path))
+    structural = bool(errors.diagnostics)
+    try:
+        spec = _typed(tree, file, errors, display_path)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        if not structural:   # a bad shape the schema should have caught: still say where
+            raise
+        spec = None
+    errors.raise_if_any()
+    return spec
+
+
+# -- typed conversion + semantic checks ---------------------------------------------------
+
+def _typed(tree: Map, file: str, errors: Collector, display_path) -> Spec:
+    model = _model(tree["model"], errors, display_path)
+    outputs = model.outputs if model else ()
+    train = _train(tree.get("train"), outputs, errors) if tree.get("train") is not None else None
+    data = _data(tree.get("data")) if tree.get("data") is not None else None
+    return Spec(version=tree["kspec"], name=str(tree.get("name")), seed=int(tree.get("seed", 0) or 0),
+                file=file, model=model, data=data, train=train, tree=tree)
+
+
+def _component(kind: str, value: Any, parent, key) -> Component:
+    loc, _ = locate(parent, [key])
+    if isinstance(value, str):
+        return Component(kind, value, {}, loc, "")
+    (name, args), = value.items()
+    return Component(kind, name, plain(args) or {}, loc, "")
+
+
+def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
+    inputs = tuple(InputSpec(name, tuple(spec["shape"]), spec.get("dtype", "float32"), model["inputs"].key_loc(name))
+                   for name, spec in model["inputs"].items())
+    layers: Seq = model["layers"]
+    known = {i.name for i in inputs}
+    names = [n["name"] for n in layers]
+    all_names = known | set(names)
+    nodes: list[NodeSpec] = []
+    previous = [inputs[0].name] if len(inputs) == 1 else None
+    by_name: dict[str, Map] = {}
+    for index, item in enumerate(layers):
+        path = ["model", "layers", index]
+        where = display_path(path)
+        if "inputs" in item:
+            refs = list(item["inputs"])
+            for i, ref in enumerate(refs):
+                if ref not in all_names:
+                    loc, via = locate(layers, [index, "inputs", i])
+                    errors.add(f"'{ref}' is not a node or model input" + did_you_mean(ref, all_names),
+                               loc, display_path(path + ["inputs"]), via=via)
+        elif previous is None:
+            errors.add("the first layer needs `inputs:` because the model has several inputs "
+                       f"({', '.join(i.name for i in inputs)})", item.loc, where, via=item.via)
+            refs = []
+        else:
+            refs = previous
+        kind = next(k for k in item if k not in SIBLINGS)
+        shares = None
+        if kind == "share":
+            shares = item["share"]
+            origin = by_name.get(shares)
+            if origin is None:
+                loc, via = locate(layers, [index, "share"])
+                errors.add(f"'share' names '{shares}', which is not an earlier layer node"
+                           + did_you_mean(shares, by_name), loc, display_path(path + ["share"]), via=via)
+                kind, args = "share", {}
+            else:
+                kind, args = origin["__layer"], origin["__args"]
+                shares = origin["__origin"]
+        else:
+            args = plain(item[kind]) or {}
+        record = {"__layer": kind, "__args": args, "__origin": shares or item["name"]}
+        by_name[item["name"]] = record
+        nodes.append(NodeSpec(item["name"], kind, args, tuple(refs), item.loc, where, item.via, shares))
+        previous = [item["name"]]
+    outputs = model.get("outputs")
+    if outputs is None:
+        outputs = [nodes[-1].name] if nodes else []
+    outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+    for i, out in enumerate(outputs):
+        if out not in all_names:
+            loc, _ = locate(model, ["outputs", i]) if isinstance(model.get("outputs"), Seq) else locate(model, ["outputs"])
+            errors.add(f"output '{out}' is not a node" + did_you_mean(out, names), loc, f"model.outputs[{i}]")
+    _check_acyclic(nodes, known, errors)
+    return ModelSpec(inputs, tuple(_topological(nodes, known)), tuple(outputs))
+
+
+def _check_acyclic(nodes: list[NodeSpec], inputs: set[str], errors: Collector) -> None:
+    graph = {n.name: [i for i in n.inputs if i not in inputs] for n in nodes}
+    state: dict[str, int] = {}
+    for start in graph:
+        stack = [(start, iter(graph[start]))]
+        state[start] = state.get(start, 0) or 1
+        trail = [start]
+        if state[start] == 2:
+            continue
+        while stack:
+            name, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[name] = 2
+                stack.pop()
+                trail.pop()
+            elif child in graph and state.get(child) == 1:
+                cycle = trail[trail.index(child):] + [child]
+                node = next(n for n in nodes if n.name == child)
+                errors.add(f"the graph has a cycle: {' -> '.join(cycle)}", node.loc, node.path, via=node.via)
+                return
+            elif child in graph and not state.get(child):
+                state[child] = 1
+                stack.append((child, iter(graph[child])))
+                trail.append(child)
+
+
+def _topological(nodes: list[NodeSpec], inputs: set[str]) -> list[NodeSpec]:
+    """Nodes in an order where every input comes first; file order where the spec already is."""
+    done, out, pending = set(inputs), [], list(nodes)
+    while pending:
+        ready = [n for n in pending if all(i in done for i in n.inputs)]
+        if not ready:           # a cycle or dangling reference, already reported
+            return out + pending
+        for n in ready:
+            done.add(n.name)
+        out.extend(ready)
+        pending = [n for n in pending if n.name not in done]
+    return out
+
+
+def _per_output(value, parent: Map, key: str, outputs, kind: str, errors: Collector, many: bool):
+    """`loss`/`metrics`: one value for every output, or a mapping output name -> value."""
+    def one(v, p, k):
+        if not many:
+            return _component(kind, v, p, k)
+        seq = v if isinstance(v, Seq) else Seq([v], p.value_loc(k) if isinstance(p, Map) else None)
+        return tuple(_component(kind, item, seq, i) for i, item in enumerate(seq))
+
+    if isinstance(value, Map):
+        is_component = len(value) == 1 and next(iter(value)) in schemas.component_names(kind)
+        if not is_component:
+            for k in value:
+                if k not in outputs:
+                    errors.add(f"'{k}' in train.{key} matches no output (outputs: {', '.join(outputs)})"
+                               + did_you_mean(k, outputs), value.key_loc(k), f"train.{key}.{k}")
+            return {k: one(value[k], value, k) for k in value if k in outputs}
+    return {o: one(value, parent, key) for o in outputs}
+
+
+def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
+    if "loss" not in train:
+        errors.add("train needs a 'loss' (e.g. sparse_categorical_crossentropy)", train.loc, "train")
+    optimizer = _component("optimizers", train.get("optimizer", "adam"), train, "optimizer")
+    losses = _per_output(train.get("loss", "mse"), train, "loss", outputs, "losses", errors, many=False)
+    metrics = _per_output(train.get("metrics", Seq()), train, "metrics", outputs, "metrics", errors, many=True) \
+        if train.get("metrics") else {}
+    weights = train.get("loss_weights")
+    if isinstance(weights, Map):
+        for k in weights:
+            if k not in outputs:
+                errors.add(f"'{k}' in train.loss_weights matches no output" + did_you_mean(k, outputs),
+                           weights.key_loc(k), f"train.loss_weights.{k}")
+        weights = dict(weights)
+    elif isinstance(weights, Seq):
+        weights = dict(zip(outputs, weights))
+    callbacks = tuple(_component("callbacks", c, train["callbacks"], i) for i, c in enumerate(train.get("callbacks") or []))
+    phases = []
+    for i, phase in enumerate(train.get("phases") or []):
+        phases.append(PhaseSpec(
+            name=str(phase.get("name", f"phase_{i + 1}")), epochs=int(phase["epochs"]),
+            trainable=phase.get("trainable"),
+            optimizer=_component("optimizers", phase["optimizer"], phase, "optimizer") if "optimizer" in phase else None,
+            learning_rate=phase.get("learning_rate"), loc=train["phases"].item_loc(i)))
+    precision = train.get("mixed_precision")
+    class_weight = train.get("class_weight")
+    return TrainSpec(
+        optimizer=optimizer, losses=losses, metrics=metrics, loss_weights=weights,
+        batch_size=int(train.get("batch_size", 32)), epochs=int(train.get("epochs", 10)),
+        callbacks=callbacks,
+        class_weight={int(k): float(v) for k, v in class_weight.items()} if isinstance(class_weight, Map) else class_weight,
+        phases=tuple(phases), keep=train.get("keep", "best"), monitor=train.get("monitor", "val_loss"),
+        deterministic=bool(train.get("deterministic", False)),
+        mixed_precision=None if precision in (None, "none") else precision,
+        jit_compile=train.get("jit_compile", False), distribute=train.get("distribute", "none"),
+        steps_per_execution=int(train.get("steps_per_execution", 1)), ensemble=int(train.get("ensemble", 1)),
+        loc=train.loc)
+
+
+def _data(data: Map) -> DataSpec:
+    source: Map = data["source"]
+    kind = next(k for k in source if k in SOURCES)
+    params = {SOURCES[kind]: source[kind]}
+    params.update({k: plain(v) for k, v in source.items() if k != kind})
+    if SOURCES[kind] == "path":
+        params["path"] = str(relative_to(source.value_loc(kind), str(source[kind])).resolve())
+    split = data.get("split") or {}
+    preprocess = tuple(_component("preprocess", p, data["preprocess"], i)
+                       for i, p in enumerate(data.get("preprocess") or []))
+    augment = tuple(_component("augment", a, data["augment"], i) for i, a in enumerate(data.get("augment") or []))
+    reshape = data.get("reshape")
+    return DataSpec(source=kind, params=params, validation=float(split.get("validation", 0.0)),
+                    test=float(split.get("test", 0.0)), stratify=split.get("stratify"),
+                    reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
+                    loc=data.loc)
