@@ -1,0 +1,34 @@
+"""The data stage: load a spec's data, fit it to the model's inputs, split it, feed it to Keras.
+
+    load_splits   DataSpec + ModelSpec -> Splits (train / validation / test Arrays)
+    input_layers  preprocessing + augmentation as Keras layers for the builder
+    make_dataset  Arrays -> batched, prefetching tf.data.Dataset
+    read_inputs   a file of new inputs (for `kspec predict`)
+    check_labels  class labels vs the output layer's units (the builder knows those)
+
+Flow inside `load_splits`: sources (file / generator -> Table keyed by model
+names) -> bind (reshape, shape/dtype/NaN checks) -> target preprocessing
+(`one_hot`) -> split. Importing this package does not import TensorFlow or
+Keras (`kspec validate` stays instant); the functions that need them import
+them when called.
+"""
+
+from __future__ import annotations
+
+from ..spec.types import DataSpec, ModelSpec
+from .bind import bind
+from .inputs import read_inputs
+from .pipeline import make_dataset
+from .preprocess import check_steps, encode_targets, input_layers
+from .sources import load_table
+from .split import Arrays, Splits, check_labels, split_table
+
+
+def load_splits(data: DataSpec, model: ModelSpec, seed: int) -> Splits:
+    """Load the data described by `data`, checked against `model`, split deterministically by `seed`."""
+    check_steps(data)
+    table = bind(load_table(data, model, seed), data, model)
+    return split_table(encode_targets(table, data), data, seed)
+
+
+__all__ = ["Arrays", "Splits", "load_splits", "input_layers", "make_dataset", "read_inputs", "check_labels"]

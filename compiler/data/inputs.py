@@ -1,0 +1,127 @@
+"""Read a file of new inputs for `kspec predict`: CSV, NPZ, NPY, an image or a folder of images.
+
+The model carries its own preprocessing, so this only has to produce raw
+inputs in the training data's layout: CSV columns are picked (and categorical
+ones one-hot encoded) by the feature names recorded at training time, and flat
+rows are reshaped to the input's shape when the sizes agree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from ..spec.types import DataSpec, ModelSpec
+from .bind import bind
+from .csvfile import features_like, parse_column, read_csv
+from .sources import IMAGE_EXTENSIONS, image_format, load_image
+from .table import Table, did_you_mean, file_error
+
+
+def read_inputs(path: str, model: ModelSpec, feature_names: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Input name -> array (first axis = examples), checked against the model's input shapes."""
+    names = [i.name for i in model.inputs]
+    ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path) or ext in IMAGE_EXTENSIONS:
+        x = {names[0]: _images(path, model)} if len(names) == 1 else _too_many(path, names, "images")
+    elif ext == ".npz":
+        x = _npz(path, names)
+    elif ext == ".npy":
+        x = {names[0]: _npy(path)} if len(names) == 1 else _too_many(path, names, "a .npy array")
+    elif ext in (".csv", ".tsv", ".txt"):
+        x = _csv(path, names, feature_names, "\t" if ext == ".tsv" else ",")
+    else:
+        raise file_error(path, "unsupported input file; give a .csv, .npz or .npy file, an image, "
+                         "or a folder of images")
+    for spec in model.inputs:
+        x[spec.name] = _fit_flat(x[spec.name], spec.shape)
+    table = Table(x, {}, {}, {}, path, x_from={n: os.path.basename(path) for n in x}, file=path)
+    return bind(table, DataSpec(source="file", params={}), model).x
+
+
+def _too_many(path: str, names: list[str], what: str):
+    raise file_error(path, f"the model has {len(names)} inputs ({', '.join(names)}) but {what} feeds one; "
+                     "use an .npz file with one array per input name")
+
+
+def _fit_flat(array: np.ndarray, shape: tuple) -> np.ndarray:
+    """Reshape (n, k) rows to the input's shape when it is fully known and holds k values."""
+    if (array.ndim >= 2 and len(shape) > 1 and None not in shape and array.shape[1:] != tuple(shape)
+            and math.prod(array.shape[1:]) == math.prod(shape)):
+        return array.reshape((len(array), *shape))
+    return array
+
+
+def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            present = list(archive.files)
+            if len(names) == 1:
+                key = next((k for k in ("x", names[0]) if k in present), present[0] if len(present) == 1 else None)
+                keys = {names[0]: key}
+            else:
+                keys = {n: n if n in present else None for n in names}
+            for name, key in keys.items():
+                if key is None:
+                    raise file_error(path, f"{os.path.basename(path)} has no array for input {name!r}"
+                                     f"{did_you_mean(name, present)}; arrays present: {', '.join(present)}")
+            return {name: archive[key] for name, key in keys.items()}
+    except FileNotFoundError:
+        raise file_error(path, "input file not found") from None
+    except (OSError, ValueError) as exc:
+        raise file_error(path, f"cannot read npz file: {exc}") from None
+
+
+def _npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise file_error(path, "input file not found") from None
+    except (OSError, ValueError) as exc:
+        raise file_error(path, f"cannot read npy file: {exc}") from None
+
+
+def _csv(path: str, names: list[str], feature_names: dict[str, list[str]], delimiter: str) -> dict[str, np.ndarray]:
+    """Columns by recorded feature names; without names, every column. A header-less file of numbers
+    is taken as rows of the single input's values, in order."""
+    f = read_csv(path, delimiter)
+    if len(names) == 1 and all(_is_number(c) for c in f.header):     # no header row: every row is data
+        return {names[0]: _numbers(path, [f.header] + f.rows, [1] + f.lines)}
+    if not any(feature_names.get(n) for n in names):
+        if len(names) != 1:
+            _too_many(path, names, "a CSV file without recorded feature names")
+        return {names[0]: np.stack([parse_column(f, c).astype(np.float32) for c in f.header], axis=1)}
+    missing = [n for n in names if not feature_names.get(n)]
+    if missing:
+        raise file_error(path, f"no recorded feature names for input(s) {', '.join(missing)}")
+    return {n: features_like(f, list(feature_names[n])) for n in names}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _numbers(path: str, rows: list[list[str]], lines: list[int]) -> np.ndarray:
+    for row, line in zip(rows, lines):
+        for cell in row:
+            if not _is_number(cell):
+                raise file_error(path, f"row {line} has {cell!r}, not a number", line=line, col=1)
+    return np.array(rows, dtype=np.float32)
+
+
+def _images(path: str, model: ModelSpec) -> np.ndarray:
+    size, mode = image_format(None, tuple(model.inputs[0].shape))
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+        if not files:
+            raise file_error(path, f"has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    else:
+        files = [path]
+    return np.stack([load_image(f, size, mode) for f in files])

@@ -1,0 +1,279 @@
+"""Load `data.source` into a `Table` keyed by the model's input and output names.
+
+One loader per source kind; each checks its own parameters (a misspelled one is
+an error, not silently ignored) and says where every array came from, so that
+later errors can name a file, a column or an array key.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Mapping
+
+import numpy as np
+
+from ..spec.types import DataSpec, ModelSpec
+from . import synthetic
+from .csvfile import encode_features, parse_column, read_csv
+from .table import (Table, assign, check_params, detect_task, did_you_mean, encode_labels,
+                    file_error, is_one_hot, source_error)
+
+SKLEARN = ("iris", "digits", "wine", "breast_cancer", "diabetes")
+SKLEARN_REGRESSION = ("diabetes",)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
+DEFAULT_IMAGE_SIZE = (256, 256)     # keras.utils.image_dataset_from_directory's default
+
+
+def load_table(data: DataSpec, model: ModelSpec, seed: int) -> Table:
+    """Read (or generate) the whole data set described by `data`."""
+    loaders = {"sklearn": _sklearn, "csv": _csv, "npz": _npz, "images": _images, "synthetic": _synthetic}
+    if data.source not in loaders:
+        raise source_error(data, f"unknown data source {data.source!r}{did_you_mean(data.source, loaders)} "
+                           f"(known: {', '.join(loaders)})")
+    return loaders[data.source](data, model, seed)
+
+
+def _names(model: ModelSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(i.name for i in model.inputs), tuple(model.outputs)
+
+
+def _sklearn(data: DataSpec, model: ModelSpec, seed: int) -> Table:
+    """The data sets scikit-learn ships (no download)."""
+    check_params(data, ("name",), "an sklearn source")
+    name = data.params.get("name")
+    if name not in SKLEARN:
+        raise source_error(data, f"unknown sklearn data set {name!r}{did_you_mean(name, SKLEARN)} "
+                           f"(known: {', '.join(SKLEARN)})")
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    inputs, outputs = _names(model)
+    source = f"sklearn:{name}"
+    x = assign(inputs, bunch.data.astype(np.float32), "input", source, data)
+    if name in SKLEARN_REGRESSION:
+        y, task, classes = bunch.target.astype(np.float32)[:, None], "regression", None
+    else:
+        y, task, classes = bunch.target.astype(np.int32), "classification", [str(c) for c in bunch.target_names]
+    y = assign(outputs, y, "output", source, data)
+    out = next(iter(y))
+    features = getattr(bunch, "feature_names", None)
+    return Table(x, y, {out: task}, {out: classes} if classes else {}, source,
+                 feature_names={k: [str(n) for n in features] for k in x} if features is not None else {},
+                 x_from={k: f"{source} features" for k in x}, y_from={out: "target"})
+
+
+def _synthetic(data: DataSpec, model: ModelSpec, seed: int) -> Table:
+    gen = synthetic.generate(data, seed)
+    inputs, outputs = _names(model)
+    source = f"synthetic:{data.params.get('name')}"
+    x = assign(inputs, gen.x, "input", source, data)
+    y = assign(outputs, gen.y, "output", source, data)
+    out = next(iter(y))
+    return Table(x, y, {out: gen.task}, {out: gen.class_names} if gen.class_names else {}, source,
+                 x_from={k: "x" for k in x}, y_from={out: "y"})
+
+
+def _task_override(data: DataSpec, output: str) -> str | None:
+    """`task: classification|regression` (or a map output -> task) overrides detection."""
+    task = data.params.get("task")
+    if isinstance(task, Mapping):
+        task = task.get(output)
+    if task not in (None, "classification", "regression"):
+        raise source_error(data, f"task must be 'classification' or 'regression', got {task!r}")
+    return task
+
+
+def _target(data: DataSpec, output: str, values: np.ndarray, file: str, what: str):
+    """(y, task, class names) for one target array: labels encoded, regression as float32."""
+    task = _task_override(data, output) or detect_task(values)
+    if task == "classification":
+        if is_one_hot(values):
+            return values.astype(np.float32), task, [str(i) for i in range(values.shape[1])]
+        labels, classes = encode_labels(values)
+        return labels, task, classes
+    if values.dtype.kind not in "biuf":
+        raise file_error(file, f"{what} holds text, but a regression target must be numeric")
+    values = values.astype(np.float32)
+    return (values[:, None] if values.ndim == 1 else values), task, None
+
+
+def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
+    """A CSV file with a header row: `target` column(s), the rest (or `features`) as inputs."""
+    check_params(data, ("path", "target", "features", "delimiter", "task"), "a csv source")
+    if not data.params.get("path"):
+        raise source_error(data, "a csv source needs a file path: `source: {csv: PATH, target: COLUMN}`")
+    f = read_csv(str(data.params["path"]), str(data.params.get("delimiter", ",")))
+    inputs, outputs = _names(model)
+    by_output = _target_columns(data, outputs, f.header, f.name)
+    targets = [c for cols in by_output.values() for c in cols]
+    for column in targets:
+        f.index(column, "target column")
+    features = data.params.get("features") or [c for c in f.header if c not in targets]
+    features = [features] if isinstance(features, str) else list(features)
+    for column in features:
+        f.index(column, "feature column")
+        if column in targets:
+            raise source_error(data, f"column {column!r} of {f.name} is both a feature and a target")
+    if not features:
+        raise source_error(data, f"{f.name} has no feature columns left besides the target")
+    matrix, names = encode_features(f, features)
+    x = assign(inputs, matrix, "input", f.path, data)
+    ys, tasks, classes = {}, {}, {}
+    for output, cols in by_output.items():
+        if len(cols) == 1:
+            values = parse_column(f, cols[0])
+        else:
+            values = np.stack([parse_column(f, c) for c in cols], axis=1)
+            if values.dtype.kind not in "iuf":
+                raise source_error(data, f"target columns {', '.join(cols)} of {f.name} must all be numeric "
+                                   f"to form one output ({output!r})")
+        ys[output], tasks[output], names_ = _target(data, output, values, f.path, f"column {cols[0]!r}")
+        if names_:
+            classes[output] = names_
+    return Table(x, ys, tasks, classes, f.path, feature_names={k: names for k in x},
+                 x_from={k: f"columns of {f.name}" for k in x},
+                 y_from={o: ", ".join(c) for o, c in by_output.items()}, file=f.path)
+
+
+def _target_columns(data: DataSpec, outputs: tuple[str, ...], header: list[str], file: str) -> dict[str, list[str]]:
+    """Which CSV column(s) feed which model output."""
+    target = data.params.get("target")
+    if target is None or target == [] or target == "":
+        raise source_error(data, f"a csv source needs `target: COLUMN` (columns of {file}: {', '.join(header)})")
+    if isinstance(target, Mapping):
+        for output in target:
+            if output not in outputs:
+                raise source_error(data, f"target names {output!r}, which is not a model output"
+                                   f"{did_you_mean(output, outputs)} (outputs: {', '.join(outputs)})")
+        missing = [o for o in outputs if o not in target]
+        if missing:
+            raise source_error(data, f"no target column for output(s) {', '.join(missing)}")
+        return {o: [target[o]] if isinstance(target[o], str) else list(target[o]) for o in outputs}
+    cols = [target] if isinstance(target, str) else [str(c) for c in target]
+    if len(outputs) == 1:
+        return {outputs[0]: cols}
+    if set(cols) == set(outputs):
+        return {o: [o] for o in outputs}
+    if len(cols) == len(outputs):
+        return {o: [c] for o, c in zip(outputs, cols)}
+    raise source_error(data, f"the model has {len(outputs)} outputs ({', '.join(outputs)}) but target names "
+                       f"{len(cols)} column(s)", hint="give `target: {OUTPUT: COLUMN, ...}`")
+
+
+def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
+    """A numpy .npz archive: `x` and `y`, other keys via `x:`/`y:`, or one array per input/output name."""
+    check_params(data, ("path", "x", "y", "task"), "an npz source")
+    if not data.params.get("path"):
+        raise source_error(data, "an npz source needs a file path: `source: {npz: PATH}`")
+    path = str(data.params["path"])
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise file_error(path, "npz file not found") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise file_error(path, f"cannot read npz file: {exc}") from None
+    if not hasattr(archive, "files"):
+        raise file_error(path, "is a single .npy array, not an .npz archive of named arrays (x, y)")
+    inputs, outputs = _names(model)
+    with archive:
+        x_keys = _keys(data, path, archive.files, data.params.get("x"), inputs, "x", "input")
+        y_keys = _keys(data, path, archive.files, data.params.get("y"), outputs, "y", "output")
+        x = {name: _array(archive, path, key) for name, key in x_keys.items()}
+        ys, tasks, classes = {}, {}, {}
+        for output, key in y_keys.items():
+            ys[output], tasks[output], names = _target(data, output, _array(archive, path, key), path,
+                                                       f"array {key!r}")
+            if names:
+                classes[output] = names
+    return Table(x, ys, tasks, classes, path, x_from={n: f"array {k!r}" for n, k in x_keys.items()},
+                 y_from=dict(y_keys), file=path)
+
+
+def _keys(data, path, present, given, names, default, what) -> dict[str, str]:
+    """Model name -> npz key, from `x:`/`y:` (a key or a map) or by convention."""
+    if isinstance(given, Mapping):
+        chosen = {n: str(given.get(n, n)) for n in names}
+    elif given is not None:
+        if len(names) != 1:
+            raise source_error(data, f"`{default}: {given}` names one array but the model has {len(names)} "
+                               f"{what}s ({', '.join(names)})", hint=f"give `{default}: {{NAME: KEY, ...}}`")
+        chosen = {names[0]: str(given)}
+    elif len(names) == 1:
+        chosen = {names[0]: default if default in present or names[0] not in present else names[0]}
+    else:
+        chosen = {n: n for n in names}
+    for name, key in chosen.items():
+        if key not in present:
+            raise file_error(path, f"{os.path.basename(path)} has no array {key!r} (for {what} {name!r})"
+                             f"{did_you_mean(key, present)}; arrays present: {', '.join(present) or 'none'}")
+    return chosen
+
+
+def _array(archive, path: str, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError:
+        raise file_error(path, f"array {key!r} holds Python objects; save plain numeric arrays "
+                         "(np.savez without object dtype)") from None
+
+
+def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
+    """A folder with one sub-folder of images per class, loaded into memory (small sets)."""
+    check_params(data, ("path", "size", "color_mode"), "an images source")
+    root = str(data.params.get("path") or "")
+    if not os.path.isdir(root):
+        raise file_error(root or "<none>", "image folder not found (expected one sub-folder per class)")
+    classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise file_error(root, "has no sub-folders; put the images of each class in a folder named after it")
+    inputs, outputs = _names(model)
+    shape = model.inputs[0].shape if len(model.inputs) == 1 else ()
+    size, mode = image_format(data, shape)
+    images, labels = [], []
+    for k, cls in enumerate(classes):
+        folder = os.path.join(root, cls)
+        for file in sorted(os.listdir(folder)):
+            if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith("."):
+                images.append(load_image(os.path.join(folder, file), size, mode))
+                labels.append(k)
+    if not images:
+        raise file_error(root, f"has no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+    x = assign(inputs, np.stack(images), "input", root, data)
+    y = assign(outputs, np.array(labels, dtype=np.int32), "output", root, data)
+    out = next(iter(y))
+    return Table(x, y, {out: "classification"}, {out: classes}, root,
+                 x_from={k: "images" for k in x}, y_from={out: "class folder"}, file=root)
+
+
+def image_format(data: DataSpec | None, shape: tuple) -> tuple[tuple[int, int], str]:
+    """(height, width) and color mode: from `size`/`color_mode`, else the model input's shape."""
+    params = data.params if data else {}
+    size = params.get("size")
+    if size is None:
+        size = tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else DEFAULT_IMAGE_SIZE
+    elif not (isinstance(size, (list, tuple)) and len(size) == 2
+              and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise source_error(data, f"size must be [height, width] in pixels, got {size!r}")
+    mode = params.get("color_mode")
+    if mode is None:
+        mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[-1] if len(shape) == 3 else None, "rgb")
+    elif mode not in COLOR_MODES:
+        raise source_error(data, f"color_mode must be one of {', '.join(COLOR_MODES)}, got {mode!r}")
+    return (int(size[0]), int(size[1])), mode
+
+
+def load_image(path: str, size: tuple[int, int], mode: str) -> np.ndarray:
+    """One image as float32 (height, width, channels), values 0..255, resized bilinearly."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert(COLOR_MODES[mode][0])
+            if img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            array = np.asarray(img, dtype=np.float32)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise file_error(path, f"cannot read image: {exc}") from None
+    return array[..., None] if array.ndim == 2 else array

@@ -1,0 +1,147 @@
+"""Train / validation / test splits: a seeded shuffle, then fractions, stratified for classification.
+
+Sizes follow scikit-learn's convention (ceil(fraction * n) for the held-out
+splits) whether or not the split is stratified, so switching `stratify` never
+changes how many examples each split holds. The same seed always gives the same
+splits; the training split is the only one any statistic is fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DataError, Diagnostic
+from ..spec.types import DataSpec
+from .table import Table, is_one_hot, labels_of
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """One split: model input name -> array and model output name -> targets (first axis = examples)."""
+
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.x.values()))) if self.x else 0
+
+    def take(self, index: np.ndarray) -> "Arrays":
+        return Arrays({k: v[index] for k, v in self.x.items()}, {k: v[index] for k, v in self.y.items()})
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The data set, split, with what later stages need to know about it."""
+
+    train: Arrays
+    validation: Arrays | None               # None when the fraction is 0
+    test: Arrays | None
+    task: str                               # of the first output
+    tasks: dict[str, str]
+    class_names: dict[str, list[str]]       # classification outputs only
+    feature_names: dict[str, list[str]]     # input -> column names, where known
+    source: str
+    targets: dict[str, str] = field(default_factory=dict)   # output -> target as the user names it
+
+    def splits(self) -> dict[str, Arrays]:
+        """The splits that exist, by name."""
+        named = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {k: v for k, v in named.items() if v is not None}
+
+
+def split_table(table: Table, data: DataSpec, seed: int) -> Splits:
+    """Shuffle with `seed`, hold out `test` then `validation` (fractions of the whole data set)."""
+    everything = Arrays(table.x, table.y)
+    n = len(everything)
+    n_test, n_val = _count(data.test, n), _count(data.validation, n)
+    if data.test < 0 or data.validation < 0 or n - n_test - n_val < 1:
+        raise DataError(Diagnostic(
+            f"split leaves no training examples: {n} examples, test {data.test} ({n_test}), "
+            f"validation {data.validation} ({n_val})", data.loc, "data.split"))
+    order = np.random.default_rng(seed).permutation(n)
+    labels = _strata(table, data)
+    rest, test = _hold_out(order, n_test, labels, seed)
+    train, val = _hold_out(rest, n_val, labels, seed + 1)
+    first = next(iter(table.y), None)
+    return Splits(
+        train=everything.take(train),
+        validation=everything.take(val) if n_val else None,
+        test=everything.take(test) if n_test else None,
+        task=table.tasks.get(first, "regression") if first else "regression",
+        tasks=dict(table.tasks), class_names=dict(table.class_names),
+        feature_names=dict(table.feature_names), source=table.source, targets=dict(table.y_from))
+
+
+def _count(fraction: float, n: int) -> int:
+    return math.ceil(fraction * n - 1e-9) if fraction > 0 else 0
+
+
+def _strata(table: Table, data: DataSpec) -> np.ndarray | None:
+    """Class labels of the first classification output, unless `stratify: false`."""
+    if data.stratify is False:
+        return None
+    for name, task in table.tasks.items():
+        if task == "classification":
+            return labels_of(table.y[name])
+    return None
+
+
+def _hold_out(index: np.ndarray, count: int, labels: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split `index` into (kept, held out) with `count` held out, stratified when possible.
+
+    Stratification needs every class at least twice and room for one example of
+    each class on both sides; when the data can't give that, an ordinary split
+    of the (already shuffled) order is taken instead, without complaint.
+    """
+    if count == 0:
+        return index, index[:0]
+    if labels is not None:
+        from sklearn.model_selection import train_test_split
+
+        try:
+            kept, held = train_test_split(index, test_size=count, stratify=labels[index],
+                                          random_state=seed % 2 ** 32)
+            return np.asarray(kept), np.asarray(held)
+        except ValueError:
+            pass
+    return index[count:], index[:count]
+
+
+def check_labels(splits: Splits, output_units: dict[str, int]) -> None:
+    """Raise if a classification target doesn't fit its output layer (the builder knows the units).
+
+    Sparse labels must be < units (a single sigmoid unit takes labels 0 and 1);
+    one-hot targets must have exactly `units` columns; regression targets must
+    have `units` values per example (Keras would otherwise broadcast silently).
+    """
+    parts = list(splits.splits().values())
+    for output, units in output_units.items():
+        if not parts or output not in parts[0].y:
+            continue
+        y = np.concatenate([p.y[output] for p in parts])
+        target = splits.targets.get(output, output)
+        if splits.tasks.get(output) == "classification" and not is_one_hot(y):
+            labels = labels_of(y)
+            top, low = int(labels.max()), int(labels.min())
+            if low < 0:
+                _label_error(f"labels in target {target!r} go down to {low}, but class labels start at 0", output)
+            if top >= max(units, 2):
+                hint = (f"give output {output!r} {top + 1} units" if units > 1 else
+                        "a single sigmoid unit fits only labels 0 and 1")
+                if low > 0:
+                    hint += f" (the labels start at {low}; label k is class k, so classes below {low} go unused)"
+                _label_error(f"labels in target {target!r} go up to {top} but output {output!r} has {units} "
+                             f"unit{'s' * (units != 1)}", output, hint=hint)
+        else:
+            width = y.shape[-1] if y.ndim > 1 else 1
+            if width != units:
+                kind = "one-hot columns" if is_one_hot(y) else "values per example"
+                _label_error(f"target {target!r} has {width} {kind} but output {output!r} has {units} "
+                             f"unit{'s' * (units != 1)}", output)
+
+
+def _label_error(message: str, output: str, hint: str = "") -> None:
+    raise DataError(Diagnostic(message, path=f"model.outputs.{output}", hint=hint))
