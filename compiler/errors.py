@@ -53,6 +53,20 @@ class Diagnostic:
         return (loc.file, loc.line, loc.col, self.path, self.message)
 
 
+def _merge_uses(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """One error inside a block used three times is one diagnostic naming the three use sites."""
+    merged: dict[tuple, Diagnostic] = {}
+    for d in diagnostics:
+        key = (d.message, d.loc, d.path, d.hint)
+        if key in merged:
+            seen = merged[key]
+            merged[key] = Diagnostic(d.message, d.loc, d.path, seen.via + tuple(v for v in d.via if v not in seen.via),
+                                     d.hint)
+        else:
+            merged[key] = d
+    return list(merged.values())
+
+
 class KspecError(Exception):
     """Base of the errors the CLI reports without a traceback."""
 
@@ -63,7 +77,7 @@ class KspecError(Exception):
             diagnostics = Diagnostic(diagnostics)
         if isinstance(diagnostics, Diagnostic):
             diagnostics = [diagnostics]
-        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        self.diagnostics = sorted(_merge_uses(diagnostics), key=Diagnostic.sort_key)
         super().__init__("\n".join(d.format() for d in self.diagnostics))
 
 

@@ -218,7 +218,8 @@ class Expander:
         name = self._node_name(node, kind, scope, path, templated)
         if kind == "share":
             target = node["share"]
-            node.set("share", scope.lookup(target) or target if isinstance(target, str) else target)
+            node.set("share", scope.lookup(target) or target if isinstance(target, str) else target,
+                     node.key_locs.get("share"), node.value_locs.get("share"))
         inputs = (self.resolve_refs(node["inputs"], scope, node.value_loc("inputs"), path + ("inputs",), scope.via)
                   if "inputs" in node else previous)
         out = Map(loc=node.loc, via=scope.via)

@@ -26,10 +26,16 @@ UPGRADES: dict[int, Callable[[Map], Map]] = {}
 MAX_INCLUDE_DEPTH = 10
 
 
-def resolve(path: str | Path, overrides: list[str] = ()) -> Map:
-    """Load `path` and resolve it completely; raises SpecError listing every problem."""
+def resolve(path: str | Path, overrides: list[str] = (), errors: Collector | None = None) -> Map:
+    """Load `path` and resolve it completely.
+
+    Raises SpecError listing every problem; or, given a Collector, records the
+    problems of expansion there and returns what could be resolved, so that
+    validation can report its own findings in the same run.
+    """
     tree = load_with_extends(path)
-    errors = Collector()
+    collect = errors is not None
+    errors = errors if collect else Collector()
     apply_overrides(tree, list(overrides), errors)
     errors.raise_if_any()
     tree = upgrade(tree, str(path))
@@ -43,7 +49,8 @@ def resolve(path: str | Path, overrides: list[str] = ()) -> Map:
         if key != "model":   # `${expr}` is allowed anywhere; no parameters outside blocks
             tree.set(key, expander.substitute(tree[key], {}, tree.value_loc(key), (), (key,)),
                      tree.key_locs.get(key), tree.value_locs.get(key))
-    errors.raise_if_any()
+    if not collect:
+        errors.raise_if_any()
     return _in_reading_order(tree)
 
 

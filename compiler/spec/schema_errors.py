@@ -31,11 +31,19 @@ def describe(value: Any) -> str:
     return repr(value)
 
 
+def _is_expression_branch(error) -> bool:
+    """The `$param` / `${expr}` alternative every typed argument allows in the raw spec."""
+    return error.validator == "pattern" and str(error.validator_value).startswith("^\\$")
+
+
 def pick(error):
     """The most useful error inside an anyOf/oneOf: the branch whose type matched, deepest first."""
     while error.validator in ("anyOf", "oneOf") and error.context:
-        inner = [e for e in error.context if not (e.validator == "type" and not e.relative_path)]
-        candidates = inner or list(error.context)
+        branches = [e for e in error.context if not _is_expression_branch(e)] or list(error.context)
+        inner = [e for e in branches if not (e.validator == "type" and not e.relative_path)]
+        if not inner:   # no branch had the right type: one "expected X or Y" message
+            return _merged_type_error(error, branches)
+        candidates = inner
         deeper = max(len(e.relative_path) for e in candidates)
         best = [e for e in candidates if len(e.relative_path) == deeper]
         # among equals, prefer a concrete complaint over a generic one
@@ -46,6 +54,25 @@ def pick(error):
             break
         error = nxt
     return error
+
+
+class _TypeError:
+    """A stand-in for a jsonschema `type` error listing every accepted type."""
+
+    validator = "type"
+
+    def __init__(self, error, types):
+        self.instance, self.schema, self.absolute_path = error.instance, error.schema, error.absolute_path
+        self.validator_value, self.context, self.message = types, [], error.message
+
+
+def _merged_type_error(error, branches):
+    types: list[str] = []
+    for e in branches:
+        for t in (e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]):
+            if e.validator == "type" and t not in types:
+                types.append(t)
+    return _TypeError(error, types) if types else branches[0]
 
 
 def to_diagnostics(error, tree, display_path) -> list[Diagnostic]:
@@ -69,8 +96,11 @@ def to_diagnostics(error, tree, display_path) -> list[Diagnostic]:
             out.append(at(path + [key], key=True, message=f"unknown {what}" + did_you_mean(key, allowed)))
         return out
     if kind == "required":
-        missing = [k for k in error.validator_value if k not in instance]
-        return [at(path, message=f"missing required key '{k}'" + (f" in {where}" if where else "")) for k in missing]
+        # a misspelt key is reported as unknown, with the suggestion; don't also call it missing
+        missing = [k for k in error.validator_value if k not in instance
+                   and not any(k in did_you_mean(given, [k]) for given in instance)]
+        return [at(path, key=True, message=f"missing required key '{k}'" + (f" in {where}" if where else ""))
+                for k in missing]
     if kind == "type":
         types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)

@@ -30,8 +30,9 @@ PATH_PARAMS = ("path",)
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     """load -> resolve -> validate: the whole front half, for one spec file."""
-    tree = resolve(path, overrides)
-    return validate(tree, str(path))
+    errors = Collector()
+    tree = resolve(path, overrides, errors)
+    return validate(tree, str(path), errors)
 
 
 @lru_cache(maxsize=1)
@@ -54,9 +55,13 @@ def schema_errors(tree: Map, display_path) -> list:
     return out
 
 
-def validate(tree: Map, file: str) -> Spec:
-    """Check a resolved tree; return the typed Spec or raise SpecError with every problem."""
-    errors = Collector()
+def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
+    """Check a resolved tree; return the typed Spec or raise SpecError with every problem.
+
+    `errors` may hold problems found while resolving; they are reported with these.
+    """
+    errors = errors or Collector()
+    resolved_cleanly = not errors.diagnostics
 
     def display_path(path) -> str:
         """A resolved-tree path, written as where the user wrote it (inside a block, say)."""
@@ -70,11 +75,13 @@ def validate(tree: Map, file: str) -> Spec:
         return format_path(path)
 
     errors.diagnostics.extend(schema_errors(tree, display_path))
+    if not resolved_cleanly:   # nodes were dropped: reference checks would only echo those errors
+        errors.raise_if_any()
     structural = bool(errors.diagnostics)
     try:
         spec = _typed(tree, file, errors, display_path)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        if not structural:   # a bad shape the schema should have caught: still say where
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration):
+        if not structural:   # a bad shape the schema should have caught
             raise
         spec = None
     errors.raise_if_any()
@@ -126,7 +133,7 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
             refs = []
         else:
             refs = previous
-        kind = next(k for k in item if k not in SIBLINGS)
+        kind = "share" if "share" in item else next(k for k in item if k not in SIBLINGS)
         shares = None
         if kind == "share":
             shares = item["share"]
