@@ -52,7 +52,7 @@ def test_all_errors_reported_at_once(tmp_path, capsys):
                     "    - Dense: {unit: 2}\n    - Conv2d: {}\n    - Dropout: {rate: high}\n")
     assert main(["validate", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert f"{spec}:6:14: error: unknown argument 'unit' for Dense; did you mean 'units'" in err
+    assert f"{spec}:6:15: error: unknown argument 'unit' for Dense; did you mean 'units'" in err
     assert f"{spec}:7:7: error: unknown layer class or block 'Conv2d'" in err
     assert f"{spec}:8:23: error: expected a number, got 'high' (at model.layers[2].Dropout.rate)" in err
 
