@@ -76,6 +76,7 @@ class Expander:
         self.taken: set[str] = set()
         self.use_counts: dict[str, int] = {}
         self.aliases: dict[str, str] = {}     # block use name -> its last node
+        self.start: list[str] | None = None   # what the first node chains to (the single model input)
 
     # -- parameters -------------------------------------------------------------------------
 
@@ -251,7 +252,7 @@ class Expander:
         return self.claim(full, node.value_loc("name") if given is not None else node.loc, path, scope.via)
 
     def _last(self) -> list[str] | None:
-        return [self.nodes[-1]["name"]] if self.nodes else None
+        return [self.nodes[-1]["name"]] if self.nodes else self.start
 
     def _use_block(self, item: Map, block_name: str, scope: Scope, previous, path) -> list[str] | None:
         block = self.blocks[block_name]

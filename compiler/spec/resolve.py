@@ -89,7 +89,10 @@ def _expand_model(model: Map, errors: Collector) -> None:
         return   # reported by the schema ("'layers' is required")
     expander = Expander(blocks, schemas.layer_names(), errors)
     top = Scope({})
-    expander.expand(layers, top, None, ("model", "layers"))
+    inputs = model.get("inputs")
+    if isinstance(inputs, Map) and len(inputs) == 1:
+        expander.start = list(inputs)
+    expander.expand(layers, top, expander.start, ("model", "layers"))
     model.set("layers", expander.nodes, model.key_locs.get("layers"), model.value_locs.get("layers"))
     if "blocks" in model:
         del model["blocks"]
