@@ -117,9 +117,8 @@ def _string_aliases(kind: str, module) -> dict[str, Any]:
     for name in candidates:
         if name.islower() and not name.startswith("_") and name not in _EXCLUDED.get(kind, set()):
             aliases[name] = name   # strings are handed to Keras as they are: they serialize cleanly
-    for name in _EXCLUDED.get(kind, set()):
-        aliases.pop(name.lower(), None)
-    return aliases
+    excluded = {name.lower() for name in _EXCLUDED.get(kind, set())}   # `mean_metric_wrapper` too
+    return {alias: v for alias, v in aliases.items() if alias.replace("_", "") not in excluded}
 
 
 def _load_own_layers() -> None:
