@@ -97,8 +97,9 @@ def to_diagnostics(error, tree, display_path) -> list[Diagnostic]:
         return out
     if kind == "required":
         # a misspelt key is reported as unknown, with the suggestion; don't also call it missing
+        unknown = [given for given in instance if given not in schema.get("properties", {})]
         missing = [k for k in error.validator_value if k not in instance
-                   and not any(k in did_you_mean(given, [k]) for given in instance)]
+                   and not any(k in did_you_mean(given, [k]) for given in unknown)]
         return [at(path, key=True, message=f"missing required key '{k}'" + (f" in {where}" if where else ""))
                 for k in missing]
     if kind == "type":
