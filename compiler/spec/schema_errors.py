@@ -122,6 +122,9 @@ def to_diagnostics(error, tree, display_path) -> list[Diagnostic]:
                                  f"{error.validator_value} items, got {len(instance)}")]
     if kind == "const":
         return [at(path, message=f"expected {describe(error.validator_value)}, got {describe(instance)}")]
+    if kind == "not":   # the schema says why in the negated schema's description
+        reason = (error.validator_value or {}).get("description") or schema.get("description") or error.message
+        return [at(path, message=f"{describe(instance)} is not allowed here: {reason}")]
     if kind == "pattern":
         return [at(path, message=f"{describe(instance)} does not have the expected form")]
     message = error.message if len(error.message) < 200 else error.message[:200] + "..."
