@@ -143,6 +143,11 @@ def load_plugin(module_name: str) -> list[str]:
     return added
 
 
+def singular(kind: str) -> str:
+    """`losses` -> `loss`, `layers` -> `layer`."""
+    return kind[:-2] if kind.endswith("sses") else kind[:-1]
+
+
 def names(kind: str) -> list[str]:
     """Every name of `kind` a spec may use, sorted."""
     return sorted(_table(kind))
@@ -152,7 +157,7 @@ class UnknownComponent(KeyError):
     def __init__(self, kind: str, name: str, suggestions: list[str]):
         self.kind, self.name, self.suggestions = kind, name, suggestions
         hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown {kind[:-1]} '{name}'{hint}")
+        super().__init__(f"unknown {singular(kind)} '{name}'{hint}")
 
     def __str__(self) -> str:
         return self.args[0]
@@ -179,7 +184,7 @@ def create(kind: str, value: Any) -> Any:
         (name, args), = value.items()
         args = dict(args or {})
     else:
-        raise TypeError(f"expected a {kind[:-1]} name or a one-key mapping, got {value!r}")
+        raise TypeError(f"expected a {singular(kind)} name or a one-key mapping, got {value!r}")
     obj = lookup(kind, name)
     if isinstance(obj, str):          # an alias Keras resolves itself ("adam", "mse")
         if not args:
