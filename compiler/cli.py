@@ -175,7 +175,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up chatter (CUDA probing, CPU features) says nothing a user can act on."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -31,7 +31,7 @@ def keras_message(exc: BaseException, max_chars: int = MAX_CHARS) -> str:
     """Keras's own explanation, without colour codes, wrappers and the argument dump,
     trimmed to the sentences that fit in `max_chars` (at least the first one)."""
     if isinstance(exc, UnknownComponent):
-        return unknown_component_text(exc)
+        return str(exc)
     text = _ANSI.sub("", str(exc))
     if isinstance(exc, KeyError) and text.startswith(("'", '"')) and text.endswith(("'", '"')):
         text = text[1:-1]
@@ -51,13 +51,6 @@ def keras_message(exc: BaseException, max_chars: int = MAX_CHARS) -> str:
     if len(kept) > max_chars:
         kept = kept[: max_chars - 1].rstrip() + "…"
     return kept
-
-
-def unknown_component_text(exc: UnknownComponent) -> str:
-    """`unknown loss 'msee'; did you mean 'mse' or 'msle'?`"""
-    kind = exc.kind[:-2] if exc.kind.endswith("sses") else exc.kind[:-1]     # losses -> loss, layers -> layer
-    hint = f"; did you mean {' or '.join(repr(s) for s in exc.suggestions)}?" if exc.suggestions else ""
-    return f"unknown {kind} '{exc.name}'{hint}"
 
 
 def shape_text(tensor: Any) -> str:
@@ -97,7 +90,7 @@ def _axes(layer_class: str, ndim: int, channels_first: bool) -> str:
 def construction_error(node: NodeSpec, exc: BaseException) -> Diagnostic:
     """A layer could not be created from the node's arguments (Dropout rate 1.5, an unknown keyword)."""
     if isinstance(exc, UnknownComponent) and exc.kind == "layers" and exc.name == node.layer:
-        return Diagnostic(f"node '{node.name}': {unknown_component_text(exc)}", node.loc, node.path, via=node.via)
+        return Diagnostic(f"node '{node.name}': {str(exc)}", node.loc, node.path, via=node.via)
     return Diagnostic(
         f"{node.layer} '{node.name}' cannot be created from its arguments: {keras_message(exc)}",
         node.loc, node.path, via=node.via)
