@@ -76,7 +76,8 @@ def _load_plugins(names) -> None:
 def cmd_build(args) -> int:
     from .spec.validate import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    import_tensorflow()
     _load_plugins(args.plugin)
     from .build import build_model, compile_model, describe
 
@@ -96,7 +97,8 @@ def cmd_build(args) -> int:
 def cmd_train(args) -> int:
     from .spec.validate import load_spec
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    import_tensorflow()
     _load_plugins(args.plugin)
     from .train import train
 
@@ -105,6 +107,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    import_tensorflow()
     from .train.evaluate import evaluate_run
 
     evaluate_run(args.run, data=args.data)
@@ -112,6 +115,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    import_tensorflow()
     from .train.predict import predict_run
 
     predict_run(args.run, args.input, output=args.output)
@@ -119,6 +123,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import_tensorflow()
     from .export import export_run
 
     export_run(args.run, args.format, args.output)
@@ -179,6 +184,28 @@ def _quiet_tensorflow() -> None:
     """TensorFlow's C++ start-up chatter (CUDA probing, CPU features) says nothing a user can act on."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and probe devices with stderr muted at the file-descriptor level.
+
+    TF 2.21 logs through absl before `TF_CPP_MIN_LOG_LEVEL` applies, and the
+    CUDA probe on a machine without a GPU prints an "error" that is not one.
+    Set KSPEC_DEBUG=1 to see it all.
+    """
+    if os.environ.get("KSPEC_DEBUG") or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
