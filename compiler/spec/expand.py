@@ -77,6 +77,7 @@ class Expander:
         self.use_counts: dict[str, int] = {}
         self.aliases: dict[str, str] = {}     # block use name -> its last node
         self.start: list[str] | None = None   # what the first node chains to (the single model input)
+        self.too_big = False
 
     # -- parameters -------------------------------------------------------------------------
 
@@ -152,16 +153,26 @@ class Expander:
 
     # -- expansion --------------------------------------------------------------------------
 
-    def expand(self, items: Any, scope: Scope, previous: list[str] | None, path: tuple) -> list[str] | None:
-        """Expand a layer list; returns the names the next node chains to."""
+    def overflowed(self, loc, path) -> bool:
+        """True once the model has grown past MAX_NODES (reported once, at the item that did it)."""
+        if len(self.nodes) <= MAX_NODES:
+            return False
+        if not self.too_big:
+            self.too_big = True
+            self.errors.add(f"the model expands to more than {MAX_NODES} nodes", loc, format_path(path))
+        return True
+
+    def expand(self, items: Any, scope: Scope, previous: list[str] | None, path: tuple,
+               loc: Loc | None = None) -> list[str] | None:
+        """Expand a layer list (written at `loc`); returns the names the next node chains to."""
         if not isinstance(items, Seq):
-            self.errors.add("expected a list of layers", getattr(items, "loc", None), format_path(path))
+            self.errors.add("expected a list of layers", getattr(items, "loc", None) or loc, format_path(path),
+                            via=scope.via)
             return previous
         for index, item in enumerate(items):
             item_path = path + (index,)
             loc = items.item_loc(index)
-            if len(self.nodes) > MAX_NODES:
-                self.errors.add(f"the model expands to more than {MAX_NODES} nodes", loc, format_path(item_path))
+            if self.overflowed(loc, item_path):
                 return previous
             if not isinstance(item, Map):
                 self.errors.add("a layer is a mapping such as `Dense: {units: 10}`", loc,
@@ -189,10 +200,12 @@ class Expander:
             self.errors.add("'repeat' needs a 'layers' list to repeat", loc, format_path(path), via=scope.via)
             return previous
         for i in range(times):
+            if self.overflowed(loc, path):
+                break
             env = dict(scope.env, **({var: i} if isinstance(var, str) else {}))
             inner = Scope(env, scope.prefix, {}, scope, scope.via, scope.inputs, scope.blocks_in_use)
             inner.repeat_index = i + 1
-            previous = self.expand(item["layers"], inner, previous, path + ("layers",))
+            previous = self.expand(item["layers"], inner, previous, path + ("layers",), item.value_loc("layers"))
         return previous
 
     def _node_or_use(self, item: Map, scope: Scope, previous, path) -> list[str] | None:
@@ -294,7 +307,7 @@ class Expander:
         inner = Scope(env, use_name + ".", {}, None, (use_loc,) + scope.via, inputs,
                       scope.blocks_in_use + (block_name,))
         inner.parent = _GlobalOnly(scope)
-        last = self.expand(block.layers, inner, inputs, block.path + ("layers",))
+        last = self.expand(block.layers, inner, inputs, block.path + ("layers",), block.loc)
         if last:   # the use's name refers to the block's last node
             scope.names[use_name[len(scope.prefix):]] = last[0]
             self.aliases[use_name] = last[0]

@@ -85,8 +85,8 @@ def upgrade(tree: Map, file: str) -> Map:
 def _expand_model(model: Map, errors: Collector) -> None:
     blocks = collect_blocks(model.get("blocks"), model.value_loc("blocks"), errors, ("model", "blocks"))
     layers = model.get("layers")
-    if layers is None:
-        return   # reported by the schema ("'layers' is required")
+    if not isinstance(layers, Seq):
+        return   # reported by the schema ("'layers' is required", "expected a list")
     expander = Expander(blocks, schemas.layer_names(), errors)
     top = Scope({})
     inputs = model.get("inputs")
@@ -106,7 +106,8 @@ def _expand_model(model: Map, errors: Collector) -> None:
             model.set(key, renamed, model.key_locs.get(key), model.value_locs.get(key))
 
 
-def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple, depth: int = 0) -> dict[str, Block]:
+def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple,
+                   chain: tuple[str, ...] = ()) -> dict[str, Block]:
     """Block definitions from `model.blocks`, following `include:` files."""
     blocks: dict[str, Block] = {}
     if value is None:
@@ -118,7 +119,7 @@ def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple, depth
     include_list = includes if isinstance(includes, Seq) else ([includes] if includes is not None else [])
     for i, include in enumerate(include_list):
         where = includes.item_loc(i) if isinstance(includes, Seq) else value.value_loc("include")
-        blocks.update(_include(include, where, errors, depth))
+        blocks.update(_include(include, where, errors, chain))
     for name, body in value.items():
         if name == "include":
             continue
@@ -139,14 +140,18 @@ def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple, depth
     return blocks
 
 
-def _include(include, where: Loc | None, errors: Collector, depth: int) -> dict[str, Block]:
+def _include(include, where: Loc | None, errors: Collector, chain: tuple[str, ...]) -> dict[str, Block]:
     if not isinstance(include, str):
         errors.add("'include' takes a file path or a list of paths", where)
         return {}
-    if depth >= MAX_INCLUDE_DEPTH:
-        errors.add(f"block includes nested deeper than {MAX_INCLUDE_DEPTH} (an include cycle?)", where)
-        return {}
     file = relative_to(where, include)
+    key = str(file.resolve())
+    if key in chain:
+        errors.add("'include' cycle: " + " -> ".join(Path(p).name for p in chain + (key,)), where)
+        return {}
+    if len(chain) >= MAX_INCLUDE_DEPTH:
+        errors.add(f"block includes nested deeper than {MAX_INCLUDE_DEPTH}", where)
+        return {}
     if not file.is_file():
         errors.add(f"'include' names a file that does not exist: {file}", where,
                    hint="paths are relative to the file that names them")
@@ -159,4 +164,4 @@ def _include(include, where: Loc | None, errors: Collector, depth: int) -> dict[
     if not isinstance(tree, Map) or not isinstance(tree.get("blocks"), Map):
         errors.add(f"{file} has no 'blocks:' mapping to include", where)
         return {}
-    return collect_blocks(tree["blocks"], tree.value_loc("blocks"), errors, ("blocks",), depth + 1)
+    return collect_blocks(tree["blocks"], tree.value_loc("blocks"), errors, ("blocks",), chain + (key,))
