@@ -130,6 +130,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_templates(args) -> int:
+    from .templates import list_templates
+
+    templates = list_templates(args.kind)
+    width = max((len(t.id) for t in templates), default=0)
+    for t in templates:
+        print(f"{t.id:<{width}}  {t.summary}".rstrip())
+    return 0
+
+
+def cmd_init(args) -> int:
+    import shlex
+
+    from .templates import init
+
+    path = init(args.name, args.output, args.template)
+    print(f"wrote {path} (from {args.template})")
+    print(f"next: kspec train {shlex.quote(str(path))}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kspec", description="Compile a YAML spec into a Keras model and train it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,6 +198,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", required=True, choices=("keras", "saved_model", "tflite", "onnx"))
     s.add_argument("-o", "--output", required=True, metavar="PATH")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("templates", help="list the reusable templates in specs/ (blocks, heads, backbones, recipes, starters)")
+    s.add_argument("--kind", choices=("blocks", "heads", "backbones", "recipes", "starters"),
+                   help="list only this kind")
+    s.set_defaults(func=cmd_templates)
+
+    s = sub.add_parser("init", help="start a new spec from a starter template")
+    s.add_argument("name", help="the new spec's name (also its file name, NAME.yaml, unless -o)")
+    s.add_argument("--from", dest="template", required=True, metavar="TEMPLATE",
+                   help="a starter: mlp_classifier, cnn_classifier, regressor, transfer (see `kspec templates`)")
+    s.add_argument("-o", "--output", metavar="PATH", help="where to write it (default: ./NAME.yaml)")
+    s.set_defaults(func=cmd_init)
     return p
 
 

@@ -129,7 +129,11 @@ def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple,
             continue
         params = body.get("params")
         if isinstance(params, Seq):
-            params = {p: REQUIRED for p in params}
+            for i, p in enumerate(params):
+                if not (isinstance(p, str) and p.isidentifier()):
+                    errors.add(f"a parameter name is a word like `filters`, got {p!r}", params.item_loc(i),
+                               ".".join(path + (name, "params")) + f"[{i}]")
+            params = {p: REQUIRED for p in params if isinstance(p, str) and p.isidentifier()}
         elif params is None:
             params = {}
         elif not isinstance(params, Map):
