@@ -135,11 +135,11 @@ RESNET = """\
 def test_blocks_repeat_and_local_names(tmp_path):
     spec = load_spec(write(tmp_path, "resnet.yaml", RESNET))
     names = [n.name for n in spec.model.nodes]
-    assert names[:3] == ["residual_1.conv_a", "residual_1.conv_b", "residual_1.add"]
-    assert names[6:9] == ["residual_3.conv_a", "residual_3.conv_b", "residual_3.add"]
-    add2 = spec.model.node("residual_2.add")
-    assert add2.inputs == ("residual_1.add", "residual_2.conv_b")   # $input is the use's input
-    assert spec.model.node("residual_2.conv_a").inputs == ("residual_1.add",)
+    assert names[:3] == ["residual_1.conv_a", "residual_1.conv_b", "residual_1"]
+    assert names[6:9] == ["residual_3.conv_a", "residual_3.conv_b", "residual_3"]
+    add2 = spec.model.node("residual_2")
+    assert add2.inputs == ("residual_1", "residual_2.conv_b")   # $input is the use's input
+    assert spec.model.node("residual_2.conv_a").inputs == ("residual_1",)
     assert spec.model.node("out").args == {"units": 10}
     assert spec.model.outputs == ("out",)
     # a block node remembers the block's line and the use site
@@ -259,4 +259,4 @@ def test_resolve_command_prints_expanded_spec(tmp_path, capsys):
     spec = write(tmp_path, "resnet.yaml", RESNET)
     assert main(["resolve", str(spec), "--set", "model.layers[0].repeat.times=2"]) == 0
     out = capsys.readouterr().out
-    assert "residual_2.add" in out and "residual_3" not in out and "$filters" not in out and "blocks" not in out
+    assert "residual_2.conv_b" in out and "residual_3" not in out and "$filters" not in out and "blocks" not in out

@@ -308,10 +308,19 @@ class Expander:
                       scope.blocks_in_use + (block_name,))
         inner.parent = _GlobalOnly(scope)
         last = self.expand(block.layers, inner, inputs, block.path + ("layers",), block.loc)
-        if last:   # the use's name refers to the block's last node
+        if last and last[0].startswith(use_name + "."):
+            last = [self._rename_output(last[0], use_name)]
+        if last:   # the use's name refers to the block's output
             scope.names[use_name[len(scope.prefix):]] = last[0]
             self.aliases[use_name] = last[0]
         return last
+
+    def _rename_output(self, old: str, use_name: str) -> str:
+        """A block's last node is the use's output: name it after the use (`species`, not
+        `species.probs`), so outputs, losses and metrics read as the spec does."""
+        node = next(n for n in reversed(self.nodes) if n["name"] == old)
+        node.set("name", use_name, node.key_locs.get("name"), node.value_locs.get("name"))
+        return use_name
 
 
 class _GlobalOnly(Scope):

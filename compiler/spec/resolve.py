@@ -128,12 +128,19 @@ def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple,
             errors.add(f"block '{name}' needs a 'layers' list", where, ".".join(path + (name,)))
             continue
         params = body.get("params")
-        if isinstance(params, Seq):
+        if isinstance(params, Seq):   # [filters, {dropout: 0.2}]: required names, then defaults
+            listed = {}
             for i, p in enumerate(params):
-                if not (isinstance(p, str) and p.isidentifier()):
-                    errors.add(f"a parameter name is a word like `filters`, got {p!r}", params.item_loc(i),
-                               ".".join(path + (name, "params")) + f"[{i}]")
-            params = {p: REQUIRED for p in params if isinstance(p, str) and p.isidentifier()}
+                if isinstance(p, Map) and len(p) == 1:
+                    (p, default), = p.items()
+                else:
+                    default = REQUIRED
+                if isinstance(p, str) and p.isidentifier():
+                    listed[p] = default
+                else:
+                    errors.add(f"a parameter is a name like `filters` or a default like `{{dropout: 0.2}}`, "
+                               f"got {p!r}", params.item_loc(i), ".".join(path + (name, "params")) + f"[{i}]")
+            params = listed
         elif params is None:
             params = {}
         elif not isinstance(params, Map):
