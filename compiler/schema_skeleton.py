@@ -214,18 +214,30 @@ def _layer_item(layer_names: list[str]) -> dict:
 
 
 def _backbone() -> dict:
-    return _obj({
+    one_source = "a Backbone needs exactly one source: `application: NAME` or `from: FILE.keras | RUN_DIR`"
+    schema = _obj({
         "application": _APPLICATION,
-        "from": {"type": "string", "description": "A .keras file or the run directory of an earlier `kspec train`."},
-        "weights": {"description": "`imagenet`, null (random) or a weights file.", "type": ["string", "null"]},
-        "include_top": _bool("Keep the classifier head."),
-        "pooling": {"enum": [None, "avg", "max"]},
+        "from": {"type": "string", "description": "A .keras file or the run directory of an earlier `kspec train` "
+                                                  "(relative to the spec file)."},
+        "weights": {"description": "`imagenet` (default; Keras's download cache), null (random) or a local "
+                                   "weights file (.h5 / .weights.h5, relative to the spec file).",
+                    "type": ["string", "null"]},
+        "include_top": _bool("Keep the classifier head (default false)."),
+        "pooling": {"enum": [None, "avg", "max"],
+                    "description": "Global pooling of the last feature map (after `cut_at` if given)."},
         "cut_at": {"type": "string", "description": "Use the model up to this layer's output."},
-        "trainable": {"description": "true/false, or a regex of layer names to unfreeze.", "type": ["boolean", "string"]},
-        "preprocess": _bool("Apply the application's own input preprocessing."),
+        "trainable": {"description": "false (freeze all; the default unless `weights: null`), true, or a regex "
+                                     "(re.search) of layer names to unfreeze.", "type": ["boolean", "string"]},
+        "preprocess": _bool("Apply the application's own input preprocessing (raw 0..255 pixels in)."),
         "alpha": _num("Width multiplier (MobileNet).", exclusiveMinimum=0),
         "safe_mode": _bool("Refuse to load a .keras file that would run code (default true)."),
     }, description="A pretrained network as a layer: `{application: MobileNetV2, weights: imagenet}`.")
+    schema["allOf"] = [
+        {"not": {"required": ["application", "from"], "description": one_source + ", not both"}},
+        {"not": {"not": {"anyOf": [{"required": ["application"]}, {"required": ["from"]}]},
+                 "description": one_source}},
+    ]
+    return schema
 
 
 def build(version: str, layer_names: list[str]) -> dict:

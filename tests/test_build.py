@@ -371,14 +371,14 @@ def test_input_layers_from_the_data_stage():
     np.testing.assert_allclose(np.asarray(model(data)), np.asarray(expected), rtol=1e-5)
 
 
-def test_backbone_is_not_supported_yet():
+def test_backbone_error_points_at_the_node():     # Backbone itself: tests/test_backbone.py
     s = spec([inp("image", 32, 32, 3)], [
-        node("backbone", "Backbone", "image", line=7, application="MobileNetV2"),
+        node("backbone", "Backbone", "image", line=7, application="MobileNetV9"),
         node("out", "Dense", "backbone", units=2),
     ], ["out"])
     with pytest.raises(SpecError) as err:
         build_model(s)
-    assert "Backbone is not supported yet" in str(err.value)
+    assert "unknown application 'MobileNetV9'" in str(err.value)
     assert f"{FILE}:7:7" in str(err.value)
 
 

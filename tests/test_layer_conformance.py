@@ -37,6 +37,7 @@ OVERRIDES = {
     "IntegerLookup": {"vocabulary": [1, 2, 3]},
     "CategoryEncoding": {"num_tokens": 4},
     "GroupNormalization": {"groups": 2},
+    "AppPreprocess": {"application": "MobileNetV2"},
     "RandomPosterization": {"factor": 4},
     "MelSpectrogram": {"fft_length": 64, "sequence_length": 64, "sequence_stride": 32, "num_mel_bins": 8},
 }

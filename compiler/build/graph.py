@@ -78,7 +78,7 @@ def build_model(model: ModelSpec, name: str = "model",
         args = [tensors[i] for i in node.inputs]
         try:
             if layer is None:
-                out = _backbone(node, args[0] if len(args) == 1 else args)
+                built[node.name], out = _backbone(node, args[0] if len(args) == 1 else args)
             else:
                 out = _call(layer, args)
         except SpecError as exc:
@@ -191,11 +191,10 @@ def _preprocess(spec: InputSpec, x, layers: Sequence[Any], diagnostics: list[Dia
 
 
 def _backbone(node: NodeSpec, tensor):
-    """A pretrained network used as a layer (`Backbone: {application: MobileNetV2, ...}`).
+    """A pretrained network used as a layer (`Backbone: {application: MobileNetV2, ...}`): (its model, its output).
 
-    Not implemented yet: it will build the application (or load `from`), cut it at
-    `cut_at`, set `trainable`, and return `model(tensor)`.
+    The model is kept as the node's layer, so `- share: NAME` applies the same backbone again (backbone.py).
     """
-    raise SpecError(build_errors.node_error(
-        node, f"Backbone is not supported yet (node '{node.name}')",
-        hint="write the network's layers in the spec for now"))
+    from .backbone import apply_backbone
+
+    return apply_backbone(node, tensor)

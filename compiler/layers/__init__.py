@@ -6,7 +6,8 @@ it. A saved model that uses these layers loads with plain
 registers the classes).
 """
 
+from .app_preprocess import AppPreprocess
 from .log1p import Log1p
 from .maxout import Maxout
 
-__all__ = ["Log1p", "Maxout"]
+__all__ = ["AppPreprocess", "Log1p", "Maxout"]
