@@ -1,0 +1,25 @@
+"""The train stage: a validated Spec -> a trained model and a complete, resumable run directory.
+
+    train(spec, run_dir=None, resume=False, workers=1, verbose=None) -> Path   (run.py)
+    evaluate.evaluate_run(run, data=None)                                      (evaluate.py)
+    predict.predict_run(run, input, output=None)                               (predict.py)
+    rundir.atomic_save_model(model, path)                                      (rundir.py)
+
+Importing this package is cheap; TensorFlow and Keras are imported when `train` is called.
+"""
+
+from __future__ import annotations
+
+import os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, CPU feature notes) is not for kspec's users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__all__ = ["train"]
+
+
+def train(spec, run_dir=None, resume=False, workers=1, verbose=None):
+    """Train `spec` into a run directory and return its path (see compiler.train.run.train)."""
+    from .run import train as _train
+
+    return _train(spec, run_dir=run_dir, resume=resume, workers=workers, verbose=verbose)

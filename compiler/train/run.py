@@ -1,0 +1,575 @@
+"""The training driver: a validated Spec in, a trained model and a complete run directory out.
+
+    claim the run directory (empty, or --resume)  -> write spec.yaml
+    seeds, determinism, mixed precision
+    data: load_splits -> input_layers (fitted on train) -> build_model -> compile_model -> check_labels
+    for each phase (train.phases, or one phase of train.epochs):
+        set `trainable`, re-compile if the phase changes anything, fit(initial_epoch=...)
+        (per epoch: history.csv row, checkpoints/last.keras, checkpoints/state.json)
+    model.keras (best or last weights), metrics.json, curves.png
+
+Phases: epochs are counted globally, so history.csv is continuous. A phase that
+sets `trainable`, `optimizer` or `learning_rate` re-compiles the model with a
+fresh optimizer (as a hand-written fine-tuning step does). EarlyStopping ends the
+phase it stops, and the next phase starts at the next epoch.
+
+Resume (`--resume`) reloads checkpoints/last.keras (weights, optimizer state and
+compile state), cuts history.csv back to the epochs it holds, puts back the
+counters of the spec's stateful callbacks (EarlyStopping, ReduceLROnPlateau,
+ModelCheckpoint: wait, best, best_epoch, cooldown...) and the best monitored
+value, and continues with `fit(initial_epoch=epoch_done)` in the phase it was in.
+EarlyStopping's in-memory best weights (restore_best_weights) come back from
+best.keras when it monitors the same quantity as train.monitor. What is NOT
+restored exactly: the shuffling order of later epochs (tf.data's reshuffle state
+is not saved; the resumed run draws a different, still seeded, order), other
+state of user callbacks, and EarlyStopping's best weights when it monitors
+something other than train.monitor. The model and data sections of the spec must
+be those of the run; the train section may change (e.g. more epochs). A finished
+run is not extended: resuming it does nothing.
+
+Why not Keras's BackupAndRestore / ModelCheckpoint: both write their files in
+place (a kill mid-write leaves a corrupt file), BackupAndRestore deletes its
+backup when training ends and knows nothing of phases. kspec's RunRecorder
+writes everything atomically instead (see rundir.py and callbacks.py).
+
+A spec or data error found after the run directory was claimed (a label out of
+range, a bad class_weight...) removes what this run wrote, so the corrected spec
+can use the same --run-dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..errors import DataError, Diagnostic, KspecError, SpecError, TrainingError
+from ..spec.types import Component, PhaseSpec, Spec
+from . import history as history_io
+from .rundir import (RunDir, RunDirError, atomic_save_model, atomic_write_json, atomic_write_text, claim,
+                     default_run_dir, discard, latest_run_dir)
+
+# Callback arguments that name a file or folder; relative ones are taken inside the run directory.
+PATH_ARGUMENTS = ("filepath", "filename", "log_dir", "backup_dir")
+
+
+def check_workers(workers: int) -> None:
+    """The one place that refuses `--workers N > 1` (multi-worker training is not implemented yet)."""
+    if workers is not None and int(workers) > 1:
+        raise KspecError(Diagnostic("--workers > 1 is not supported yet",
+                                    hint="train with one process (omit --workers)"))
+    if workers is not None and int(workers) < 1:
+        raise KspecError(Diagnostic(f"--workers must be at least 1, got {workers}"))
+
+
+def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = False, workers: int = 1,
+          verbose: int | None = None) -> Path:
+    """Train `spec`; return the run directory. Raises SpecError/DataError (exit 2), TrainingError (exit 1)."""
+    check_workers(workers)
+    if spec.data is None:
+        raise SpecError(Diagnostic("the spec has no `data` section, so there is nothing to train on",
+                                   path="data"))
+    if spec.train is None:
+        raise SpecError(Diagnostic("the spec has no `train` section (optimizer, loss, epochs...)", path="train"))
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    started = time.perf_counter()
+
+    run = _open_run(spec, run_dir, resume)
+    try:
+        return _train(spec, run, resume, verbose, started)
+    except (SpecError, DataError, RunDirError):
+        # Wrong input found before any training: leave no half-made run behind, so that the
+        # corrected spec can be run with the same --run-dir.
+        if run.fresh and not run.last.exists():
+            discard(run)
+        raise
+
+
+def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float) -> Path:
+    state = run.read_state() if resume else None
+    phases = _phases(spec)
+    if state is not None and _finished(state, phases):
+        _write_spec(run, spec, resume=True, check_only=True)
+        _say(verbose, f"the run in {run.path} is already complete ({state['epoch_done']} epochs); nothing to do")
+        return run.path
+    _write_spec(run, spec, resume=state is not None)
+    if resume and state is None and run.has_run():
+        _say(verbose, f"no checkpoint in {run.path} yet: training from the beginning")
+
+    import keras
+    import tensorflow as tf
+
+    import compiler.layers  # noqa: F401  (kspec's own layers must be registered to load checkpoints)
+
+    from ..data import check_labels, input_layers, load_splits, make_dataset
+
+    _configure(spec, keras, tf)
+    splits = load_splits(spec.data, spec.model, spec.seed)
+    _write_data_info(run, splits, spec)
+    if splits.validation is None and spec.train.monitor.startswith("val_"):
+        monitor = spec.train.monitor.removeprefix("val_")
+        _say(verbose, f"note: no validation split, so train.monitor {spec.train.monitor} falls back to {monitor}")
+    else:
+        monitor = spec.train.monitor
+
+    if state is not None:
+        model = _load_checkpoint(run, keras)
+        rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state["epoch_done"]]
+        history_io.write_history(run.history, rows)
+    else:
+        model = _build(spec, splits, input_layers)
+        rows = []
+        if run.history.exists():
+            history_io.write_history(run.history, rows)
+    check_labels(splits, _output_units(spec, model))
+    _write_summary(run, model)
+
+    batch = spec.train.batch_size
+    done = int(state["epoch_done"]) if state else 0
+    train_ds = make_dataset(splits.train, batch, shuffle=True, seed=spec.seed + done)
+    val_ds = make_dataset(splits.validation, batch, shuffle=False, seed=spec.seed) if splits.validation else None
+    class_weight = _class_weight(spec, splits, model)
+
+    from .callbacks import EpochGuard, EpochPrinter, EpochTensorBoard, RunRecorder
+
+    guard = EpochGuard()
+    spec_callbacks = _spec_callbacks(spec, run)
+    stateful = {f"{i}:{type(cb).__name__}": cb for i, cb in enumerate(spec_callbacks)}
+    callbacks: list[Any] = [guard, *spec_callbacks]
+    if not any(isinstance(cb, keras.callbacks.TensorBoard) for cb in spec_callbacks):
+        callbacks.append(EpochTensorBoard(str(run.tensorboard)))
+    recorder = RunRecorder(run, guard, rows, monitor=monitor, save_best=spec.train.keep == "best",
+                           best_value=state.get("best_value") if state else None,
+                           best_epoch=state.get("best_epoch") if state else None,
+                           phase={}, stateful=stateful)
+    callbacks.append(recorder)
+    printer = EpochPrinter(0, guard) if verbose == 2 else None
+    if printer:
+        callbacks.append(printer)
+
+    # Where to start: a fresh run at phase 0; a resumed one in its phase, or the next if that one ended.
+    index, start, restore, fresh_phase = 0, 0, None, True
+    if state is not None:
+        index, start = int(state.get("phase", 0)), int(state.get("phase_start", 0))
+        if state.get("phase_finished") or index >= len(phases) or done >= start + phases[index].epochs:
+            index, start = index + 1, done
+        else:
+            restore, fresh_phase = state.get("callbacks") or {}, False
+
+    for i in range(index, len(phases)):
+        phase = phases[i]
+        if i > index:
+            start, fresh_phase, restore = done, True, None
+        if fresh_phase:
+            _apply_phase(model, phase, spec)
+        end = start + phase.epochs
+        recorder.phase = {"index": i, "name": phase.name, "start": start, "epochs": phase.epochs}
+        recorder.restore = restore
+        if printer:
+            printer.total = start + sum(p.epochs for p in phases[i:])
+            printer.phase = phase.name if len(phases) > 1 else None
+        if done == 0 and state is None:
+            # An initial checkpoint: a run that fails in its first epoch still leaves a loadable model.
+            initial = recorder.state(0)
+            atomic_save_model(model, run.last, state=initial)
+            atomic_write_json(run.state, initial)
+        if len(phases) > 1 and verbose:
+            _say(verbose, f"phase {i + 1}/{len(phases)} '{phase.name}': epochs {start}..{end - 1}, "
+                          f"{_trainable_count(model):,} trainable parameters")
+        if done < end:
+            _fit(model, train_ds, val_ds, done, end, callbacks, 1 if verbose == 1 else 0, class_weight, guard, run)
+        done = len(recorder.rows) and recorder.rows[-1]["epoch"] + 1
+        if i + 1 < len(phases):
+            # Phase boundary: checkpoint the weights the next phase starts from (EarlyStopping may have
+            # restored its best ones) and say so in the state, so a resume starts the next phase.
+            boundary = recorder.state(done, phase_finished=True)
+            atomic_save_model(model, run.last, state=boundary)
+            atomic_write_json(run.state, boundary)
+
+    return _finish(run, spec, model, splits, recorder, make_dataset, batch, verbose, started, keras)
+
+
+# -- run directory ------------------------------------------------------------------------
+
+def _open_run(spec: Spec, run_dir, resume: bool) -> RunDir:
+    if run_dir is None:
+        if resume:
+            latest = latest_run_dir(spec.name)
+            if latest is None:
+                raise RunDirError(Diagnostic(f"--resume: no earlier run of '{spec.name}' under runs/{spec.name}/",
+                                             hint="name the run to continue with --run-dir DIR"))
+            run_dir = latest
+        else:
+            run_dir = default_run_dir(spec.name)
+    elif resume and not Path(run_dir).is_dir():
+        raise RunDirError(Diagnostic(f"--resume: run directory {run_dir} does not exist",
+                                     hint="drop --resume to start a new run there"))
+    return claim(run_dir, resume)
+
+
+def _spec_text(spec: Spec) -> str:
+    """The resolved spec as YAML, with the data file made absolute (spec.yaml lives elsewhere)."""
+    from ..spec.tree import plain
+
+    tree = plain(spec.tree)
+    source = (tree.get("data") or {}).get("source") if isinstance(tree, dict) else None
+    if spec.data is not None and "path" in spec.data.params and isinstance(source, dict) \
+            and spec.data.source in source:
+        source[spec.data.source] = str(spec.data.params["path"])
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
+def _write_spec(run: RunDir, spec: Spec, resume: bool, check_only: bool = False) -> None:
+    """spec.yaml at the start; on resume the model, data and seed must be those of the run
+    (the train section may change, e.g. more epochs, and spec.yaml is updated to match)."""
+    text = _spec_text(spec)
+    if resume and run.spec.exists():
+        try:
+            old = yaml.safe_load(run.spec.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            old = {}
+        new = yaml.safe_load(text) or {}
+        changed = [k for k in ("model", "data", "seed") if old.get(k) != new.get(k)]
+        if changed:
+            raise RunDirError(Diagnostic(
+                f"--resume: the spec's {', '.join(changed)} differ from those of the run in {run.path} "
+                f"(see {run.spec}); a run can only be continued with the same model and data",
+                hint="use the run's own spec.yaml, or start a new run without --resume"))
+        if old == new:
+            return
+    if not check_only:
+        atomic_write_text(run.spec, text)
+
+
+def _write_data_info(run: RunDir, splits, spec: Spec) -> None:
+    atomic_write_json(run.data, {
+        "source": splits.source,
+        "inputs": [i.name for i in spec.model.inputs],
+        "outputs": list(spec.model.outputs),
+        "tasks": splits.tasks,
+        "class_names": splits.class_names,
+        "feature_names": splits.feature_names,
+        "targets": splits.targets,
+        "sizes": {name: len(part) for name, part in splits.splits().items()},
+    })
+
+
+def _write_summary(run: RunDir, model) -> None:
+    try:
+        from ..build import describe
+
+        atomic_write_text(run.summary, describe(model, None) + "\n")
+    except Exception:       # a summary is a convenience, never a reason to fail a run
+        pass
+
+
+def _say(verbose: int, text: str) -> None:
+    if verbose:
+        print(text, flush=True)
+
+
+# -- setup ------------------------------------------------------------------------------------
+
+def _configure(spec: Spec, keras, tf) -> None:
+    keras.utils.set_random_seed(spec.seed)
+    if spec.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(spec.train.mixed_precision or "float32")
+
+
+def _build(spec: Spec, splits, input_layers):
+    from ..build import build_model, compile_model
+
+    layers = input_layers(spec.data, spec.model, splits.train)
+    model = build_model(spec.model, spec.name, layers)
+    compile_model(model, spec.train, spec.model)
+    return model
+
+
+def _load_checkpoint(run: RunDir, keras):
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # The epoch-0 checkpoint is saved before the optimizer has variables; Keras says so.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            return keras.saving.load_model(run.last)
+    except Exception as exc:
+        from ..build.errors import keras_message
+
+        raise TrainingError(Diagnostic(f"cannot load the checkpoint {run.last}: {keras_message(exc)}",
+                                       hint="start a new run without --resume")) from None
+
+
+def _output_units(spec: Spec, model) -> dict[str, int]:
+    outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
+    return {name: int(t.shape[-1]) if len(t.shape) > 1 else 1 for name, t in zip(spec.model.outputs, outputs)}
+
+
+def _class_weight(spec: Spec, splits, model) -> dict[int, float] | None:
+    value = spec.train.class_weight
+    if value is None:
+        return None
+    outputs = list(spec.model.outputs)
+    if len(outputs) != 1:
+        raise SpecError(Diagnostic("class_weight applies to single-output models; this one has "
+                                   f"{len(outputs)} outputs ({', '.join(outputs)})", spec.train.loc,
+                                   "train.class_weight"))
+    output = outputs[0]
+    if splits.tasks.get(output) != "classification":
+        raise SpecError(Diagnostic(f"class_weight applies to classification targets, but output {output!r} "
+                                   "is a regression target", spec.train.loc, "train.class_weight"))
+    from ..data.table import labels_of
+
+    labels = labels_of(splits.train.y[output])
+    units = max(_output_units(spec, model)[output], 2)
+    if value == "balanced":
+        counts = np.bincount(labels, minlength=units).astype(np.float64)
+        present = int((counts > 0).sum())
+        return {c: (float(len(labels) / (present * counts[c])) if counts[c] else 1.0) for c in range(units)}
+    if not isinstance(value, dict):
+        raise SpecError(Diagnostic(f"class_weight must be a mapping class -> weight or 'balanced', got {value!r}",
+                                   spec.train.loc, "train.class_weight"))
+    bad = [c for c in value if not 0 <= int(c) < units]
+    if bad:
+        raise SpecError(Diagnostic(f"class_weight names class {bad[0]}, but output {output!r} has {units} classes "
+                                   f"(0..{units - 1})", spec.train.loc, "train.class_weight"))
+    return {c: float(value.get(c, 1.0)) for c in range(units)}
+
+
+def _spec_callbacks(spec: Spec, run: RunDir) -> list:
+    """The spec's `train.callbacks`, created by the registry; relative file arguments go in the run dir."""
+    from .. import registry
+    from ..build.compile import spec_value
+    from ..build.errors import keras_message
+
+    out, problems = [], []
+    for component in spec.train.callbacks:
+        args = dict(component.args)
+        for key in PATH_ARGUMENTS:
+            if isinstance(args.get(key), str) and not os.path.isabs(args[key]):
+                args[key] = str(run.path / args[key])
+        try:
+            out.append(registry.create("callbacks", spec_value(dataclasses.replace(component, args=args))))
+        except SpecError as exc:
+            problems.extend(exc.diagnostics)
+        except Exception as exc:
+            problems.append(Diagnostic(f"callback {component.name}: {keras_message(exc)}", component.loc,
+                                       component.path or "train.callbacks"))
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def _phases(spec: Spec) -> tuple[PhaseSpec, ...]:
+    return spec.train.phases or (PhaseSpec(name="train", epochs=spec.train.epochs),)
+
+
+def _finished(state: dict, phases) -> bool:
+    """The run wrote its final artifacts (a resume of it has nothing to do)."""
+    return bool(state.get("finished"))
+
+
+# -- phases ----------------------------------------------------------------------------------
+
+def _apply_phase(model, phase: PhaseSpec, spec: Spec) -> None:
+    """Set `trainable` and re-compile when the phase changes the optimizer, learning rate or trainability.
+
+    A re-compile starts a fresh optimizer (as a hand-written fine-tuning step does).
+    """
+    changed = False
+    if phase.trainable is not None:
+        set_trainable(model, phase.trainable, _backbone_names(spec))
+        changed = True
+    optimizer = phase.optimizer or spec.train.optimizer
+    if phase.learning_rate is not None:
+        optimizer = _with_learning_rate(optimizer, phase.learning_rate)
+        changed = True
+    if phase.optimizer is not None:
+        changed = True
+    if changed:
+        from ..build import compile_model
+
+        compile_model(model, dataclasses.replace(spec.train, optimizer=optimizer), spec.model)
+
+
+def _with_learning_rate(optimizer: Component, lr: float) -> Component:
+    return dataclasses.replace(optimizer, args={**dict(optimizer.args), "learning_rate": float(lr)})
+
+
+def _backbone_names(spec: Spec) -> list[str]:
+    return [n.name for n in spec.model.nodes if n.layer == "Backbone" and not n.shares]
+
+
+def set_trainable(model, trainable: bool | str, scope: list[str] | None = None) -> None:
+    """`trainable: true|false|PATTERN` for the backbone layers (or, without a backbone, every layer).
+
+    A pattern is a regular expression matched (re.match, i.e. from the start) against layer
+    names at any depth: matching layers (and everything inside them) become trainable, the
+    rest of the scope is frozen. A frozen BatchNormalization runs in inference mode (Keras 3).
+    """
+    roots = [model.get_layer(name) for name in (scope or []) if _has_layer(model, name)] or list(model.layers)
+    for root in roots:
+        if isinstance(trainable, bool):
+            root.trainable = trainable
+        else:
+            _match_trainable(root, re.compile(str(trainable)))
+
+
+def _match_trainable(layer, pattern) -> bool:
+    """Make `layer` trainable where it (or a sublayer) matches; return whether anything matched."""
+    if pattern.match(layer.name):
+        layer.trainable = True
+        return True
+    children = list(getattr(layer, "_layers", []) or [])
+    if not children:
+        layer.trainable = False
+        return False
+    layer.trainable = True                   # resets every sublayer to trainable...
+    matched = [_match_trainable(child, pattern) for child in children]   # ...then each decides
+    if not any(matched):
+        layer.trainable = False
+    return any(matched)
+
+
+def _has_layer(model, name: str) -> bool:
+    try:
+        model.get_layer(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _trainable_count(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+# -- fit ---------------------------------------------------------------------------------------
+
+def _fit(model, train_ds, val_ds, initial_epoch: int, epochs: int, callbacks, keras_verbose: int,
+         class_weight, guard, run: RunDir) -> None:
+    try:
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
+                  callbacks=callbacks, verbose=keras_verbose, class_weight=class_weight,
+                  shuffle=False)   # the tf.data pipeline shuffles
+    except KspecError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise _training_error(exc, guard, run) from None
+    if guard.failed is not None:
+        epoch, batch, what = guard.failed
+        where = f"epoch {epoch}, batch {batch}" if batch is not None else f"the end of epoch {epoch}"
+        raise TrainingError(Diagnostic(
+            f"{what} at {where}; the last good checkpoint is kept in {run.last}",
+            hint="lower the learning rate, clip gradients (clipnorm), or standardize the inputs "
+                 "(epochs and batches count from 0)"))
+
+
+def _training_error(exc: BaseException, guard, run: RunDir) -> TrainingError:
+    from ..build.errors import keras_message
+
+    text = keras_message(exc)
+    name = type(exc).__name__
+    if "ResourceExhausted" in name or "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        return TrainingError(Diagnostic(
+            f"out of memory during epoch {guard.epoch}: {text}",
+            hint=f"use a smaller train.batch_size or a smaller model; the last good checkpoint is in {run.last}"))
+    return TrainingError(Diagnostic(
+        f"training failed during epoch {guard.epoch}: {name}: {text}",
+        hint=f"the last good checkpoint is kept in {run.last}"))
+
+
+# -- the end ---------------------------------------------------------------------------------
+
+def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batch: int, verbose: int,
+            started: float, keras) -> Path:
+    rows = recorder.rows
+    if spec.train.keep == "best" and run.best.exists():
+        model.load_weights(run.best)
+    atomic_save_model(model, run.model)
+
+    # The curves are drawn on a thread while the splits are evaluated (TensorFlow releases the GIL).
+    plot = _Background(history_io.plot_curves, list(rows), run.curves, recorder.best_epoch)
+    metrics: dict[str, Any] = {}
+    for name, part in splits.splits().items():
+        ds = make_dataset(part, batch, shuffle=False, seed=spec.seed)
+        metrics[name] = _floats(model.evaluate(ds, verbose=0, return_dict=True))
+    epochs = len(rows)
+    seconds = float(sum(r.get("epoch_seconds", 0.0) for r in rows))
+    metrics.update({
+        "epochs": epochs,
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(len(splits.train) * epochs / seconds, 1) if seconds > 0 else None,
+        "best_epoch": recorder.best_epoch if recorder.best_epoch is not None else (epochs - 1 if epochs else None),
+        "monitor": recorder.monitor,
+        "best_value": recorder.best_value,
+        "keep": spec.train.keep,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    })
+    atomic_write_json(run.metrics, metrics)
+    try:
+        plot.result()
+    except Exception as exc:          # the model and metrics are saved: a plot is not worth failing for
+        print(f"kspec: warning: could not draw {run.curves}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    final = recorder.state(epochs, phase_finished=True, finished=True)
+    atomic_write_json(run.state, final)
+
+    if verbose:
+        print(f"run directory: {run.path}")
+        if "test" in metrics:
+            print("test: " + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics["test"].items()))
+        elif "validation" in metrics:
+            print("validation: " + "  ".join(f"{k} {_fmt(v)}" for k, v in metrics["validation"].items()))
+        sys.stdout.flush()
+    return run.path
+
+
+class _Background:
+    """Run a function on a thread; `result()` joins it and re-raises its exception."""
+
+    def __init__(self, fn, *args):
+        import threading
+
+        self._error: BaseException | None = None
+        self._value = None
+
+        def target():
+            try:
+                self._value = fn(*args)
+            except BaseException as exc:      # re-raised on the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="kspec-curves", daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _floats(logs: dict) -> dict[str, float]:
+    out = {}
+    for key, value in logs.items():
+        try:
+            out[key] = float(np.asarray(value).reshape(()))
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _fmt(value: float) -> str:
+    from .callbacks import format_number
+
+    return format_number(value)
