@@ -407,15 +407,15 @@ def _set_trainable(node: NodeSpec, model: keras.Model, trainable: bool | str) ->
     True: train every layer; a pattern: train only the layers whose names it matches (re.search),
     everything inside a matching nested model included."""
     if isinstance(trainable, bool):
-        model.trainable = trainable
+        set_all_trainable(model, trainable)
         return
     try:
         pattern = re.compile(trainable)
     except re.error as exc:
         raise _error(node, f"Backbone '{node.name}': `trainable` is not a valid regular expression "
                            f"({trainable!r}: {exc})", key="trainable") from None
-    model.trainable = True
-    if not _unfreeze_matching(model, pattern):
+    set_all_trainable(model, True)
+    if not unfreeze_matching(model, pattern):
         names = [layer.name for layer in _leaves(model)]
         raise _error(node, f"Backbone '{node.name}': the `trainable` pattern {trainable!r} matches no layer "
                            f"of the backbone{did_you_mean(trainable, names)}", key="trainable",
@@ -423,15 +423,25 @@ def _set_trainable(node: NodeSpec, model: keras.Model, trainable: bool | str) ->
                           "true or false for all")
 
 
-def _unfreeze_matching(layer, pattern) -> bool:
+def set_all_trainable(layer, value: bool) -> None:
+    """Set `trainable` on a layer and every layer inside it.
+
+    (Keras 3's setter on a Functional model does not reach a sublayer that was frozen on its own.)
+    """
+    layer.trainable = value
+    for child in getattr(layer, "layers", None) or getattr(layer, "_layers", None) or []:
+        set_all_trainable(child, value)
+
+
+def unfreeze_matching(layer, pattern) -> bool:
     """Leave trainable the sublayers of `layer` that match (and all inside them), freeze the rest."""
     matched = False
     for child in getattr(layer, "layers", None) or getattr(layer, "_layers", None) or []:
         if pattern.search(child.name):
-            child.trainable = True
+            set_all_trainable(child, True)
             matched = True
         elif getattr(child, "layers", None) and isinstance(child, keras.Model):
-            matched = _unfreeze_matching(child, pattern) or matched
+            matched = unfreeze_matching(child, pattern) or matched
         else:
             child.trainable = False
     return matched

@@ -412,32 +412,17 @@ def _backbone_names(spec: Spec) -> list[str]:
 def set_trainable(model, trainable: bool | str, scope: list[str] | None = None) -> None:
     """`trainable: true|false|PATTERN` for the backbone layers (or, without a backbone, every layer).
 
-    A pattern is a regular expression matched (re.match, i.e. from the start) against layer
-    names at any depth: matching layers (and everything inside them) become trainable, the
-    rest of the scope is frozen. A frozen BatchNormalization runs in inference mode (Keras 3).
+    A pattern is a regular expression searched in layer names at any depth, as on a Backbone
+    node: matching layers (and everything inside them) train, the rest of the scope is frozen.
+    A frozen BatchNormalization runs in inference mode (Keras 3).
     """
-    roots = [model.get_layer(name) for name in (scope or []) if _has_layer(model, name)] or list(model.layers)
+    from ..build.backbone import set_all_trainable, unfreeze_matching
+
+    roots = [model.get_layer(name) for name in (scope or []) if _has_layer(model, name)] or [model]
     for root in roots:
-        if isinstance(trainable, bool):
-            root.trainable = trainable
-        else:
-            _match_trainable(root, re.compile(str(trainable)))
-
-
-def _match_trainable(layer, pattern) -> bool:
-    """Make `layer` trainable where it (or a sublayer) matches; return whether anything matched."""
-    if pattern.match(layer.name):
-        layer.trainable = True
-        return True
-    children = list(getattr(layer, "_layers", []) or [])
-    if not children:
-        layer.trainable = False
-        return False
-    layer.trainable = True                   # resets every sublayer to trainable...
-    matched = [_match_trainable(child, pattern) for child in children]   # ...then each decides
-    if not any(matched):
-        layer.trainable = False
-    return any(matched)
+        set_all_trainable(root, trainable if isinstance(trainable, bool) else True)
+        if not isinstance(trainable, bool):
+            unfreeze_matching(root, re.compile(str(trainable)))
 
 
 def _has_layer(model, name: str) -> bool:
