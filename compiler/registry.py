@@ -148,6 +148,20 @@ def singular(kind: str) -> str:
     return kind[:-2] if kind.endswith("sses") else kind[:-1]
 
 
+def load_plugins(names, error=None) -> None:
+    """Import each plugin module (`--plugin`, or the `plugins:` a saved run recorded).
+
+    An import failure becomes `error` (a KspecError subclass; KspecError by default).
+    """
+    from .errors import KspecError
+
+    for name in [names] if isinstance(names, str) else list(names or ()):
+        try:
+            load_plugin(str(name))
+        except ImportError as exc:
+            raise (error or KspecError)(f"cannot import plugin module '{name}': {exc}") from None
+
+
 def names(kind: str) -> list[str]:
     """Every name of `kind` a spec may use, sorted."""
     return sorted(_table(kind))

@@ -109,17 +109,10 @@ def _read_spec(run_dir: Path, notes: list[str]):
 
 
 def _load_plugins(spec) -> None:
-    tree = spec.tree if isinstance(spec.tree, dict) else {}
-    plugins = tree.get("plugins")
-    if not plugins:
-        return
-    from .. import registry
+    from ..registry import load_plugins
 
-    for name in [plugins] if isinstance(plugins, str) else list(plugins):
-        try:
-            registry.load_plugin(str(name))
-        except ImportError as exc:
-            raise ExportError(Diagnostic(f"cannot import plugin module '{name}': {exc}")) from None
+    tree = spec.tree if isinstance(spec.tree, dict) else {}
+    load_plugins(tree.get("plugins"), ExportError)
 
 
 def _data_inputs(spec, model, n: int, notes: list[str]) -> tuple[list[np.ndarray] | None, str]:

@@ -50,17 +50,9 @@ def load_run(path: str | os.PathLike, with_model: bool = True) -> LoadedRun:
 
 
 def _load_plugins(spec: Spec) -> None:
-    plugins = (spec.tree or {}).get("plugins") if isinstance(spec.tree, dict) else None
-    if not plugins:
-        return
-    from .. import registry
-    from ..errors import KspecError
+    from ..registry import load_plugins
 
-    for name in [plugins] if isinstance(plugins, str) else list(plugins):
-        try:
-            registry.load_plugin(str(name))
-        except ImportError as exc:
-            raise KspecError(f"cannot import plugin module '{name}': {exc}") from None
+    load_plugins((spec.tree or {}).get("plugins") if isinstance(spec.tree, dict) else None)
 
 
 def _load_model(path: Path):
