@@ -140,6 +140,9 @@ def load_plugin(module_name: str) -> list[str]:
             _plugins[name] = obj
             added.append(name)
     _table.cache_clear()
+    from .spec import schemas
+
+    schemas.add_plugin_layers(added)   # so the resolver and validator accept these names too
     return added
 
 

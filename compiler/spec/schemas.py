@@ -20,11 +20,26 @@ def component(kind: str) -> dict:
     return read(f"components/{kind}.schema.json")
 
 
+_plugin_layers: set[str] = set()      # layer classes of `--plugin` modules (see add_plugin_layers)
+
+
 @lru_cache(maxsize=None)
-def layer_names() -> frozenset[str]:
-    """Every layer class name a spec may use (Keras's, kspec's own, and `Backbone`)."""
+def _schema_layer_names() -> frozenset[str]:
     names = {n for n in component("layers").get("definitions", {}) if n[:1].isupper()}
     return frozenset(names | {"Backbone"})
+
+
+def layer_names() -> frozenset[str]:
+    """Every layer class name a spec may use (Keras's, kspec's own, `Backbone`, and those of loaded plugins)."""
+    base = _schema_layer_names()
+    return base | _plugin_layers if _plugin_layers else base
+
+
+def add_plugin_layers(names) -> None:
+    """Accept these layer class names (from a `--plugin` module) in specs. The schema does not know
+    them, so their arguments are not checked against it: the layer's own constructor checks them
+    when the model is built."""
+    _plugin_layers.update(n for n in names if not n.startswith("_"))
 
 
 @lru_cache(maxsize=None)
