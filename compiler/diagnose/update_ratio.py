@@ -181,15 +181,9 @@ def read_update_ratios(path: str | os.PathLike) -> list[dict[str, Any]]:
 # -- the spec's switch --------------------------------------------------------------------------
 
 def spec_diagnostics(spec) -> Mapping[str, Any]:
-    """`train.diagnostics` of a spec: the typed field when TrainSpec has one, else the resolved tree."""
+    """`train.diagnostics` of a spec (`{update_ratio: true, gradient_check: true}`)."""
     train = getattr(spec, "train", None)
-    value = getattr(train, "diagnostics", None) if train is not None else None
-    if value is None:
-        from ..spec.tree import plain
-
-        tree = plain(spec.tree) if getattr(spec, "tree", None) is not None else {}
-        value = ((tree or {}).get("train") or {}).get("diagnostics") if isinstance(tree, dict) else None
-    return dict(value or {})
+    return dict(getattr(train, "diagnostics", None) or {})
 
 
 def diagnostic_callbacks(spec, run_dir: str | os.PathLike, verbose: int = 1) -> list:

@@ -122,11 +122,13 @@ class TrainSpec:
     keep: str = "best"                    # model.keras holds the "best" (by monitor) or "last" weights
     monitor: str = "val_loss"
     deterministic: bool = False
-    mixed_precision: str | None = None    # "mixed_float16" | "mixed_bfloat16" | None
+    mixed_precision: str | None = None    # "auto" | "mixed_float16" | "mixed_bfloat16" | None (float32)
     jit_compile: bool | str = False       # True, False or "auto"
     distribute: str = "none"              # "auto" | "none" | "mirrored" | "multi_worker"
+    memory_growth: bool | str = "auto"    # True, False or "auto" (= True): GPU memory taken as needed
     steps_per_execution: int = 1
     ensemble: int = 1
+    diagnostics: Mapping[str, Any] = field(default_factory=dict)   # {update_ratio: true, gradient_check: true}
     loc: Loc | None = None
 
 

@@ -49,6 +49,13 @@ def _validator():
     documents = {f.relative_to(schemas.SCHEMA_DIR).as_posix(): json.loads(f.read_text())
                  for f in schemas.SCHEMA_DIR.rglob("*.schema.json")}
     root = documents["spec.schema.json"]
+    # The schema lets every typed value be a `$param` / `${expr}` (editors see the raw file). The tree
+    # validated here is resolved: expressions are evaluated and blocks expanded, so a string still
+    # starting with `$` (`$input` outside `inputs:`, a `$$` escape) is a wrong type, not an expression.
+    # The pattern below never matches, yet still reads as the expression branch to schema_errors.pick.
+    for document in documents.values():
+        if "expression" in document.get("definitions", {}):
+            document["definitions"]["expression"] = {"type": "string", "pattern": "^\\$(?!)"}
     _inline_refs(root, "spec.schema.json", documents, set())
     return Draft7Validator(root)
 
@@ -195,6 +202,11 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
     if outputs is None:
         outputs = [nodes[-1].name] if nodes else []
     outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+    if not outputs and nodes:
+        loc, _ = locate(model, ["outputs"])
+        errors.add("`outputs` is empty: name the node(s) whose result the model returns "
+                   f"(e.g. `outputs: [{nodes[-1].name}]`), or leave `outputs` out to use the last layer",
+                   loc, "model.outputs")
     for i, out in enumerate(outputs):
         if out not in all_names:
             loc, _ = locate(model, ["outputs", i]) if isinstance(model.get("outputs"), Seq) else locate(model, ["outputs"])
@@ -297,7 +309,7 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
             trainable=phase.get("trainable"),
             optimizer=_component("optimizers", phase["optimizer"], phase, "optimizer") if "optimizer" in phase else None,
             learning_rate=phase.get("learning_rate"), loc=train["phases"].item_loc(i)))
-    precision = train.get("mixed_precision")
+    precision = train.get("mixed_precision", "auto")
     class_weight = train.get("class_weight")
     return TrainSpec(
         optimizer=optimizer, losses=losses, metrics=metrics, loss_weights=weights,
@@ -307,8 +319,9 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
         phases=tuple(phases), keep=train.get("keep", "best"), monitor=train.get("monitor", "val_loss"),
         deterministic=bool(train.get("deterministic", False)),
         mixed_precision=None if precision in (None, "none") else precision,
-        jit_compile=train.get("jit_compile", False), distribute=train.get("distribute", "none"),
-        steps_per_execution=int(train.get("steps_per_execution", 1)), ensemble=int(train.get("ensemble", 1)),
+        jit_compile=train.get("jit_compile", "auto"), distribute=train.get("distribute", "auto"),
+        memory_growth=train.get("memory_growth", "auto"),
+        steps_per_execution=int(train.get("steps_per_execution", 1)), ensemble=int(train.get("ensemble", 1)), diagnostics=plain(train.get("diagnostics")) or {},
         loc=train.loc)
 
 
