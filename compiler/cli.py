@@ -30,6 +30,7 @@ def cmd_validate(args) -> int:
     from .errors import SpecError
     from .spec.validate import load_spec
 
+    _load_plugins(args.plugin)
     failures = []
     for path in args.spec:
         try:
@@ -48,6 +49,7 @@ def cmd_resolve(args) -> int:
     from .spec.tree import plain
     from .spec.validate import load_spec
 
+    _load_plugins(args.plugin)
     spec = load_spec(args.spec, args.overrides)
     sys.stdout.write(yaml.safe_dump(plain(spec.tree), sort_keys=False, default_flow_style=None))
     return 0
@@ -64,21 +66,23 @@ def cmd_schema(args) -> int:
 
 
 def _load_plugins(names) -> None:
-    from . import registry
+    """Import the `--plugin` modules BEFORE the spec is read, so its layer names resolve and validate.
 
-    for name in names:
-        try:
-            registry.load_plugin(name)
-        except ImportError as exc:
-            raise KspecError(f"cannot import plugin module '{name}': {exc}") from None
+    Without --plugin nothing is imported (`kspec validate` stays free of TensorFlow)."""
+    if not names:
+        return
+    import_tensorflow()                  # a plugin imports Keras: import it with the start-up noise muted
+    from .registry import load_plugins
+
+    load_plugins(names)
 
 
 def cmd_build(args) -> int:
     from .spec.validate import load_spec
 
+    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
     import_tensorflow()
-    _load_plugins(args.plugin)
     from .build import build_model, compile_model, describe
 
     model = build_model(spec.model, spec.name)
@@ -97,12 +101,108 @@ def cmd_build(args) -> int:
 def cmd_train(args) -> int:
     from .spec.validate import load_spec
 
+    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    workers = args.workers
+    several = (workers is not None and workers > 1) or args.cluster is not None or args.worker_index is not None
+    if several and spec.train is not None and spec.train.ensemble > 1:
+        from .distribute.cluster import ClusterError
+
+        raise ClusterError("train.ensemble trains its members one after another in one process; it cannot "
+                           "be combined with --workers or --cluster")
+    if workers is not None and workers > 1:
+        if args.cluster is not None or args.worker_index is not None:
+            from .distribute.cluster import ClusterError
+
+            raise ClusterError("--workers starts a local cluster of its own; it cannot be combined with "
+                               "--cluster/--worker-index")
+        from .distribute.launch import launch_local
+
+        return launch_local(args.spec, _worker_args(args), workers)
+    if args.cluster is not None or args.worker_index is not None:
+        import dataclasses
+
+        from .distribute.cluster import use_cluster
+
+        use_cluster(args.cluster, args.worker_index)  # TF_CONFIG, set before TensorFlow starts
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, distribute="multi_worker")) \
+            if spec.train is not None else spec
+        workers = 1
     import_tensorflow()
-    _load_plugins(args.plugin)
     from .train import train
 
-    train(spec, run_dir=args.run_dir, resume=args.resume, workers=args.workers, verbose=args.verbose)
+    train(spec, run_dir=args.run_dir, resume=args.resume, workers=workers, verbose=args.verbose)
+    return 0
+
+
+def _worker_args(args) -> list[str]:
+    """The options of `kspec train` that each worker of `--workers N` gets as they were given."""
+    out: list[str] = []
+    for value in args.overrides:
+        out += ["--set", value]
+    for name in args.plugin:
+        out += ["--plugin", name]
+    if args.run_dir:
+        out += ["--run-dir", args.run_dir]
+    if args.resume:
+        out.append("--resume")
+    if args.verbose is not None:
+        out += ["--verbose", str(args.verbose)]
+    return out
+
+
+def cmd_check(args) -> int:
+    from .spec.validate import load_spec
+
+    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
+    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    import_tensorflow()
+    overfit = args.overfit
+    if overfit is None and not args.gradients:
+        overfit = 16                              # the default check: can it memorise 16 examples?
+    status = 0
+    if args.gradients:
+        from .diagnose.gradcheck import check_gradients
+        from .diagnose.overfit import build_for_check
+
+        model, _ = build_for_check(spec)
+        results = check_gradients(model, all_layers=args.all, seed=spec.seed)
+        what = "layers with trainable weights" if args.all else "plugin and kspec layers"
+        if not results:
+            print(f"gradient check: no {what} in this model"
+                  + ("" if args.all else " (--all checks every layer with trainable weights)"))
+        else:
+            print(f"gradient check ({what}; analytic vs central differences in float64):")
+            for r in results:
+                print(r.line())
+            failed = [r for r in results if not r.passed]
+            if failed:
+                names = ", ".join(f"'{r.layer}' ({r.cls})" for r in failed)
+                print(f"gradient check FAILED for {names}: the analytic gradient (a tf.custom_gradient, or "
+                      f"a non-differentiable op in call) disagrees with finite differences "
+                      f"(tolerance {failed[0].tolerance:g})")
+                status = 1
+            else:
+                checked = [r for r in results if not r.skipped]
+                print(f"gradients ok for {len(checked)} layer{'s' * (len(checked) != 1)}")
+        sys.stdout.flush()
+    if overfit is not None:
+        from .diagnose.overfit import check_overfit
+
+        print(f"training on {overfit} examples for up to {args.epochs} epochs...", flush=True)
+        result = check_overfit(spec, overfit, args.epochs)
+        print(result.message)
+        if not result.memorised:
+            status = 1
+    return status
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare_runs
+
+    comparison = compare_runs(args.runs, args.output)
+    print(comparison.table)
+    print(f"wrote {comparison.png}")
     return 0
 
 
@@ -177,10 +277,31 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/NAME/TIMESTAMP)")
     s.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     s.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="train with N local worker processes (MultiWorkerMirroredStrategy)")
+                   help="train with N local worker processes (MultiWorkerMirroredStrategy on loopback)")
+    s.add_argument("--cluster", metavar="HOST:PORT,...",
+                   help="this process is one worker of a multi-worker cluster: every worker's address, "
+                        "worker 0 (the chief) first; with --worker-index (sets TF_CONFIG)")
+    s.add_argument("--worker-index", type=int, metavar="I", help="this worker's index in --cluster")
     s.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                    help="0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal, else 2)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("check", help="debug a spec: can the model memorise a few examples (--overfit K); "
+                                     "are its custom layers' gradients right (--gradients)")
+    _spec_args(s)
+    s.add_argument("--overfit", type=int, nargs="?", const=16, default=None, metavar="K",
+                   help="train on K training examples (default 16) until memorised; exit 1 if it cannot "
+                        "(the default check when no other is named)")
+    s.add_argument("--epochs", type=int, default=300, metavar="N", help="at most N epochs for --overfit (300)")
+    s.add_argument("--gradients", action="store_true",
+                   help="numerical gradient check (float64) of plugin and kspec layers; exit 1 if one is wrong")
+    s.add_argument("--all", action="store_true", help="with --gradients: check every layer with trainable weights")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("compare", help="learning curves of several runs in one PNG, and a table of final metrics")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    s.add_argument("-o", "--output", default="compare.png", metavar="PNG", help="where to write the plot (compare.png)")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
     s.add_argument("run", help="run directory")

@@ -175,9 +175,20 @@ def _train() -> dict:
                  "enum": ["best", "last"]},
         "monitor": {"type": "string", "description": "The metric that picks the best epoch (default val_loss)."},
         "deterministic": _bool("Seed everything and use deterministic ops (slower)."),
-        "mixed_precision": {"enum": [None, "none", "mixed_float16", "mixed_bfloat16", "auto"]},
-        "jit_compile": {"description": "XLA compilation.", "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
-        "distribute": {"enum": ["auto", "none", "mirrored", "multi_worker"]},
+        "mixed_precision": {"description": "Mixed precision: `auto` (default) is mixed_float16 on GPUs of compute "
+                                           "capability 7.0+ and none (float32) elsewhere; the outputs stay float32.",
+                            "enum": [None, "none", "mixed_float16", "mixed_bfloat16", "auto"]},
+        "jit_compile": {"description": "XLA compilation: `auto` (default) lets Keras use it on a GPU when the "
+                                       "model supports it; off on a CPU.",
+                        "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
+        "distribute": {"description": "`auto` (default): MirroredStrategy over 2+ local GPUs, or "
+                                      "MultiWorkerMirroredStrategy when TF_CONFIG names 2+ workers; `none`; "
+                                      "`mirrored`; `multi_worker` (cluster from TF_CONFIG or --cluster). "
+                                      "batch_size is the global batch, split across replicas.",
+                       "enum": ["auto", "none", "mirrored", "multi_worker"]},
+        "memory_growth": {"description": "Let TensorFlow take GPU memory as needed instead of all at start-up "
+                                         "(`auto`, the default, is true).",
+                          "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
         "steps_per_execution": _int("Batches per compiled step."),
         "ensemble": _int("Train this many models and average their predictions."),
         "diagnostics": {"type": "object", "description": "Training diagnostics.",

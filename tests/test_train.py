@@ -293,9 +293,10 @@ def test_read_only_run_dir(tmp_path):
 
 
 @slow
-def test_workers_not_supported_yet(tmp_path):
-    result = kspec("train", EXAMPLES / "iris_mlp.yaml", "--run-dir", tmp_path / "run", "--workers", "2")
-    assert result.returncode == 1 and "--workers > 1 is not supported yet" in result.stderr
+def test_workers_must_be_positive(tmp_path):
+    # --workers N > 1 is tested in tests/test_distribute.py
+    result = kspec("train", EXAMPLES / "iris_mlp.yaml", "--run-dir", tmp_path / "run", "--workers", "0")
+    assert result.returncode == 1 and "--workers must be at least 1" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -57,9 +57,10 @@ def build_model(model: ModelSpec, name: str = "model",
     known = {spec.name for spec in model.inputs}
 
     calling = True                       # False after the first layer that cannot take its inputs
+    float32_outputs = set(model.outputs) if _mixed_precision() else set()
     for node in model.nodes:
         is_backbone = node.layer == BACKBONE and not node.shares
-        layer = None if is_backbone else _layer(node, built, diagnostics)
+        layer = None if is_backbone else _layer(node, built, diagnostics, float32=node.name in float32_outputs)
         built[node.name] = layer
         known.add(node.name)
         if not calling or (layer is None and not is_backbone):
@@ -107,15 +108,26 @@ def build_model(model: ModelSpec, name: str = "model",
     if missing_outputs or not model.outputs:
         raise SpecError(Diagnostic(
             f"model output {', '.join(repr(o) for o in missing_outputs)} names no node or input"
-            if missing_outputs else "the model declares no outputs", None, "model.outputs"))
+            if missing_outputs else "the model declares no outputs", _outputs_loc(model), "model.outputs"))
     outputs = [tensors[o] for o in model.outputs]
     try:
         return keras.Model(inputs=inputs[0] if len(inputs) == 1 else inputs,
                            outputs=outputs[0] if len(outputs) == 1 else outputs, name=name)
     except Exception as exc:
-        last = model.node(model.outputs[-1]) if any(n.name == model.outputs[-1] for n in model.nodes) else None
         raise SpecError(Diagnostic(f"the model cannot be assembled: {build_errors.keras_message(exc)}",
-                                   last.loc if last else None, "model.outputs")) from None
+                                   _outputs_loc(model), "model.outputs")) from None
+
+
+def _outputs_loc(model: ModelSpec):
+    """Where to point an error about the outputs: the last output's node, else the last node, else an input."""
+    by_name = {n.name: n for n in model.nodes}
+    for name in reversed(model.outputs):
+        if name in by_name and by_name[name].loc:
+            return by_name[name].loc
+    for spec in (*reversed(model.nodes), *model.inputs):
+        if spec.loc:
+            return spec.loc
+    return None
 
 
 def _plain(value: Any) -> Any:
@@ -129,8 +141,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _layer(node: NodeSpec, built: dict[str, Any], diagnostics: list[Diagnostic]):
-    """The Keras layer of `node`: a new one, or for `shares` the very layer of the shared node."""
+def _mixed_precision() -> bool:
+    """A mixed dtype policy is in force (train.mixed_precision): float16/bfloat16 compute, float32 variables."""
+    policy = keras.config.dtype_policy()
+    return policy.compute_dtype != policy.variable_dtype
+
+
+def _layer(node: NodeSpec, built: dict[str, Any], diagnostics: list[Diagnostic], float32: bool = False):
+    """The Keras layer of `node`: a new one, or for `shares` the very layer of the shared node.
+
+    `float32`: the node is a model output under mixed precision; unless the spec gives its `dtype`, the
+    layer computes in float32 (the Keras mixed-precision guide's advice: a softmax or a loss in float16
+    loses precision, and the model's outputs stay float32)."""
     if node.shares:
         if node.shares not in built:
             diagnostics.append(build_errors.node_error(
@@ -139,7 +161,10 @@ def _layer(node: NodeSpec, built: dict[str, Any], diagnostics: list[Diagnostic])
         return built[node.shares]        # None if the shared node failed: already reported
     try:
         cls = registry.lookup("layers", node.layer)
-        return registry.instantiate(cls, {**_plain(node.args), "name": node.name})
+        args = {**_plain(node.args), "name": node.name}
+        if float32 and "dtype" not in args:
+            args["dtype"] = "float32"
+        return registry.instantiate(cls, args)
     except SpecError as exc:
         diagnostics.extend(exc.diagnostics)
     except Exception as exc:             # ValueError / TypeError from Keras, UnknownComponent (a KeyError)

@@ -61,10 +61,12 @@ PATH_ARGUMENTS = ("filepath", "filename", "log_dir", "backup_dir")
 
 
 def check_workers(workers: int) -> None:
-    """The one place that refuses `--workers N > 1` (multi-worker training is not implemented yet)."""
+    """`train()` is one worker: N > 1 local processes are started by the command line's launcher."""
     if workers is not None and int(workers) > 1:
-        raise KspecError(Diagnostic("--workers > 1 is not supported yet",
-                                    hint="train with one process (omit --workers)"))
+        raise KspecError(Diagnostic(
+            f"train() runs one worker process; {workers} workers are started by `kspec train SPEC --workers "
+            f"{workers}` (compiler.distribute.launch)",
+            hint="or start each worker yourself with --cluster HOST:PORT,... --worker-index I"))
     if workers is not None and int(workers) < 1:
         raise KspecError(Diagnostic(f"--workers must be at least 1, got {workers}"))
 
@@ -82,9 +84,14 @@ def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = F
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
 
+    from ..distribute.strategy import plan as distribution_plan
+
+    plan = distribution_plan(spec.train)
+    if not plan.is_chief:
+        return _train_worker(spec, run_dir, resume, verbose, started, plan)
     run = _open_run(spec, run_dir, resume)
     try:
-        return _train(spec, run, resume, verbose, started)
+        return _train(spec, run, resume, verbose, started, plan)
     except (SpecError, DataError, RunDirError):
         # Wrong input found before any training: leave no half-made run behind, so that the
         # corrected spec can be run with the same --run-dir.
@@ -93,7 +100,55 @@ def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = F
         raise
 
 
-def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float) -> Path:
+def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: float, plan) -> Path:
+    """A multi-worker run's other workers (not the chief): the very same training, every file written to
+    a temporary directory that is deleted at the end (the chief alone writes the run directory). Saving
+    a model reads its variables, which may take collective ops; so every worker must save as the chief
+    does, as in TensorFlow's multi-worker tutorial. With --resume, the chief's checkpoint is copied in
+    first, so that every worker restores the same state."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"kspec-worker{plan.rank}-"))
+    try:
+        if resume:
+            _copy_run(RunDir(_chief_run_dir(spec, run_dir)), RunDir(scratch / "run"))
+        run = claim(scratch / "run", resume=resume)
+        _train(spec, run, resume, 0, started, plan)
+        _say(verbose, f"worker {plan.rank} of {plan.workers}: done (the chief, worker 0, wrote the run directory)")
+        return Path(run_dir) if run_dir is not None else run.path
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _chief_run_dir(spec: Spec, run_dir) -> Path:
+    """The run directory a resuming worker restores from (the chief's, on a shared file system)."""
+    if run_dir is None:
+        latest = latest_run_dir(spec.name)
+        if latest is None:
+            raise RunDirError(Diagnostic(f"--resume: no earlier run of '{spec.name}' under runs/{spec.name}/",
+                                         hint="name the run to continue with --run-dir DIR"))
+        return latest
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunDirError(Diagnostic(
+            f"--resume: run directory {run_dir} does not exist on this worker",
+            hint="put the run directory on storage all workers share, or copy the chief's run directory here"))
+    return path
+
+
+def _copy_run(source: RunDir, target: RunDir) -> None:
+    """What a resume reads (spec, history, checkpoints and their state), copied file by file."""
+    import shutil
+
+    target.checkpoints.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((source.spec, target.spec), (source.history, target.history), (source.data, target.data),
+                     (source.last, target.last), (source.best, target.best), (source.state, target.state)):
+        if src.is_file():
+            shutil.copyfile(src, dst)
+
+
+def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, plan) -> Path:
     state = run.read_state() if resume else None
     phases = _phases(spec)
     if state is not None and _finished(state, phases):
@@ -109,9 +164,24 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float) 
 
     import compiler.layers  # noqa: F401  (kspec's own layers must be registered to load checkpoints)
 
+    from ..distribute.strategy import start as start_distribution
+
+    # First of all: GPU memory growth, and the strategy (a multi-worker one waits here for its cluster).
+    distribution = start_distribution(plan, spec.train)
+    _configure(spec, keras, tf)
+    if distribution.replicas > 1 or distribution.mode == "multi_worker":
+        _say(verbose, distribution.describe(spec.train.batch_size))
+    with distribution.strategy.scope():
+        return _train_in_scope(spec, run, state, phases, verbose, started, distribution)
+
+
+def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose: int, started: float,
+                    distribution) -> Path:
+    """Data, model, fit, evaluate: everything that creates or reads variables, inside the strategy's scope."""
+    import keras
+
     from ..data import check_labels, input_layers, load_splits, make_dataset
 
-    _configure(spec, keras, tf)
     splits = load_splits(spec.data, spec.model, spec.seed)
     _write_data_info(run, splits, spec)
     if splits.validation is None and spec.train.monitor.startswith("val_"):
@@ -126,6 +196,13 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float) 
         history_io.write_history(run.history, rows)
     else:
         model = _build(spec, splits, input_layers)
+        from ..diagnose.gradcheck import check_before_training
+
+        check_before_training(spec, model, verbose)   # `diagnostics: {gradient_check: true}`
+        if distribution.synchronized:
+            from ..distribute.strategy import synchronize_batchnorm
+
+            synchronize_batchnorm(model, spec.model)   # global batch statistics across replicas
         rows = []
         if run.history.exists():
             history_io.write_history(run.history, rows)
@@ -151,6 +228,9 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float) 
                            best_epoch=state.get("best_epoch") if state else None,
                            phase={}, stateful=stateful)
     callbacks.append(recorder)
+    from ..diagnose.update_ratio import diagnostic_callbacks
+
+    callbacks.extend(diagnostic_callbacks(spec, run.path, verbose=verbose))   # `diagnostics: {update_ratio: true}`
     printer = EpochPrinter(0, guard) if verbose == 2 else None
     if printer:
         callbacks.append(printer)
@@ -279,10 +359,12 @@ def _say(verbose: int, text: str) -> None:
 # -- setup ------------------------------------------------------------------------------------
 
 def _configure(spec: Spec, keras, tf) -> None:
+    from ..distribute.strategy import mixed_precision_policy
+
     keras.utils.set_random_seed(spec.seed)
     if spec.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(spec.train.mixed_precision or "float32")
+    keras.mixed_precision.set_global_policy(mixed_precision_policy(spec.train.mixed_precision))
 
 
 def _build(spec: Spec, splits, input_layers):
@@ -508,6 +590,9 @@ def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batc
         print(f"kspec: warning: could not draw {run.curves}: {type(exc).__name__}: {exc}", file=sys.stderr)
     final = recorder.state(epochs, phase_finished=True, finished=True)
     atomic_write_json(run.state, final)
+    from ..diagnose.curves import report_run
+
+    report_run(run.path, verbose)   # the learning curve in words -> diagnosis.txt
 
     if verbose:
         print(f"run directory: {run.path}")

@@ -1,0 +1,204 @@
+"""`train.distribute`, `train.memory_growth`, `train.mixed_precision`: the devices a run trains on.
+
+    plan(train)                  -> Plan          which strategy, and is this process the chief (no TensorFlow)
+    start(plan, train)           -> Distribution  GPU memory growth, then the tf.distribute strategy
+    mixed_precision_policy(x)    -> str           "auto" resolved against the GPUs
+    synchronize_batchnorm(m, s)  -> [names]       BatchNormalization(synchronized=True) with several replicas
+
+`train.distribute`:
+- `auto` (default): MirroredStrategy over every local GPU when there are two or more;
+  MultiWorkerMirroredStrategy when TF_CONFIG describes a cluster of two or more
+  workers; otherwise TensorFlow's default strategy (one device, no overhead).
+- `none`: the default strategy, whatever the machine has.
+- `mirrored`: MirroredStrategy (all local GPUs; the CPU when there are none).
+- `multi_worker`: MultiWorkerMirroredStrategy, the cluster from TF_CONFIG (set by
+  `kspec train --cluster ... --worker-index I`, or `--workers N` locally).
+
+The model is built, compiled (and reloaded, on --resume) inside `strategy.scope()`.
+`train.batch_size` is the *global* batch: tf.distribute splits each batch across the
+replicas (per replica: batch_size / replicas).
+
+Order matters: memory growth must be set before TensorFlow touches a GPU, and
+MultiWorkerMirroredStrategy must be created before any other TensorFlow op runs,
+so `start` is the first thing the trainer does with TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cluster import Cluster, read_tf_config
+
+MODES = ("auto", "none", "mirrored", "multi_worker")
+# The launcher (launch.py) names a file here; a worker creates it once its strategy exists,
+# i.e. once the cluster has formed.
+READY_ENV = "KSPEC_WORKER_READY"
+_multi_worker_strategy = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `train.distribute` asks for in this process's environment (decided without TensorFlow)."""
+
+    mode: str                       # "auto" | "none" | "mirrored" | "multi_worker"
+    cluster: Cluster | None = None  # multi_worker: this process's place (None: no TF_CONFIG, one worker)
+
+    @property
+    def multi_worker(self) -> bool:
+        return self.mode == "multi_worker"
+
+    @property
+    def is_chief(self) -> bool:
+        return self.cluster is None or self.cluster.is_chief
+
+    @property
+    def workers(self) -> int:
+        return self.cluster.workers if self.cluster else 1
+
+    @property
+    def rank(self) -> int:
+        return self.cluster.rank if self.cluster else 0
+
+
+@dataclass
+class Distribution:
+    """The strategy a run trains under."""
+
+    mode: str                       # resolved: "none" | "mirrored" | "multi_worker"
+    strategy: Any
+    plan: Plan
+
+    @property
+    def replicas(self) -> int:
+        return int(self.strategy.num_replicas_in_sync)
+
+    @property
+    def synchronized(self) -> bool:
+        """Several replicas may hold the model: BatchNormalization should use global batch statistics."""
+        return self.mode in ("mirrored", "multi_worker")
+
+    def describe(self, batch_size: int) -> str:
+        if self.mode == "multi_worker":
+            where = f"MultiWorkerMirroredStrategy, worker {self.plan.rank} of {self.plan.workers}"
+        elif self.mode == "mirrored":
+            where = "MirroredStrategy"
+        else:
+            where = "one device"
+        per = batch_size / self.replicas
+        per_text = f"{per:g}" if per == int(per) else f"about {per:.1f}"
+        return (f"distributed: {where}, {self.replicas} replica{'s' * (self.replicas != 1)}; "
+                f"global batch {batch_size} = {per_text} per replica")
+
+
+def plan(train, environ=None) -> Plan:
+    """Which strategy `train.distribute` means here; the chief is worker 0 of TF_CONFIG's cluster."""
+    requested = getattr(train, "distribute", None) or "auto"
+    if requested not in MODES:
+        raise ValueError(f"train.distribute must be one of {', '.join(MODES)}, got {requested!r}")
+    cluster = read_tf_config(environ) if requested in ("auto", "multi_worker") else None
+    if requested == "multi_worker" or (requested == "auto" and cluster is not None and cluster.workers > 1):
+        return Plan("multi_worker", cluster)
+    return Plan(requested, None)
+
+
+def start(plan: Plan, train) -> Distribution:
+    """Configure the GPUs and create the strategy (for multi_worker: wait here until the cluster forms)."""
+    import tensorflow as tf
+
+    configure_memory_growth(getattr(train, "memory_growth", "auto"))
+    mode = plan.mode
+    if mode == "auto":
+        mode = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+    if mode == "multi_worker":
+        from . import keras_patch
+
+        keras_patch.apply()
+        global _multi_worker_strategy
+        if _multi_worker_strategy is None:
+            # One per process: TensorFlow configures its collective ops once (an ensemble's members share it).
+            _multi_worker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = _multi_worker_strategy
+    elif mode == "mirrored":
+        strategy = tf.distribute.MirroredStrategy()
+    else:
+        strategy = tf.distribute.get_strategy()
+    signal_ready()
+    return Distribution(mode=mode, strategy=strategy, plan=plan)
+
+
+def signal_ready(environ=None) -> None:
+    """Tell the local launcher that this worker's strategy exists (its cluster has formed)."""
+    path = (os.environ if environ is None else environ).get(READY_ENV)
+    if path:
+        try:
+            Path(path).touch()
+        except OSError:
+            pass
+
+
+def configure_memory_growth(setting: bool | str = "auto") -> list[str]:
+    """`train.memory_growth` (auto = true): let TensorFlow take GPU memory as it needs it instead of
+    all of it at start-up. Returns the GPUs it was set on. Must run before any GPU is used."""
+    if setting is False or str(setting).lower() == "false":
+        return []
+    import tensorflow as tf
+
+    done = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+            done.append(gpu.name)
+        except (RuntimeError, ValueError) as exc:   # the GPU is already initialized: too late
+            print(f"kspec: warning: cannot set memory growth on {gpu.name}: {exc}", file=sys.stderr)
+    return done
+
+
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """(major, minor) of every visible GPU ((0, 0) where TensorFlow does not say)."""
+    import tensorflow as tf
+
+    out = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            cc = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
+        except Exception:
+            cc = (0, 0)
+        out.append(tuple(int(c) for c in cc))
+    return out
+
+
+def mixed_precision_policy(setting: str | None) -> str:
+    """The Keras dtype policy of `train.mixed_precision`.
+
+    `auto`: mixed_float16 when every GPU has compute capability 7.0 or more (tensor cores:
+    Volta and later), else float32 (CPU-only machines, older GPUs). `none`: float32.
+    """
+    if setting in (None, "none", False, "float32"):
+        return "float32"
+    if setting == "auto":
+        capabilities = gpu_compute_capabilities()
+        if capabilities and all(cc >= (7, 0) for cc in capabilities):
+            return "mixed_float16"
+        return "float32"
+    return str(setting)
+
+
+def synchronize_batchnorm(model, spec_model) -> list[str]:
+    """With several replicas, batch statistics should be those of the global batch: set
+    `synchronized=True` on the spec's BatchNormalization layers that do not set it themselves."""
+    names = []
+    for node in spec_model.nodes:
+        if node.layer != "BatchNormalization" or node.shares or "synchronized" in node.args:
+            continue
+        try:
+            layer = model.get_layer(node.name)
+        except ValueError:
+            continue
+        if hasattr(layer, "synchronized") and not layer.synchronized:
+            layer.synchronized = True
+            names.append(node.name)
+    return names
