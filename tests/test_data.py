@@ -240,7 +240,7 @@ def test_csv_empty_cell_names_file_column_and_row(tmp_path):
     path = write_csv(tmp_path, "age,height,label\n30,1.7,a\n40,1.8,b\n,1.6,a\n")
     with pytest.raises(DataError) as e:
         load_splits(spec("csv", {"path": path, "target": "label"}), model(), 0)
-    assert f"{path}:4:1: error: column 'age' is empty in row 4 (missing values are not allowed" in message(e)
+    assert f"{path}:4:1: error: column 'age' is empty on line 4 (missing values are not allowed" in message(e)
     assert e.value.exit_code == 2
 
 
@@ -248,15 +248,15 @@ def test_csv_missing_marker_nonfinite_and_text_in_numbers(tmp_path):
     path = write_csv(tmp_path, "age,height,label\n30,1.7,a\n40,NA,b\n")
     with pytest.raises(DataError) as e:
         load_splits(spec("csv", {"path": path, "target": "label"}), model(), 0)
-    assert f"{path}:3:4:" in message(e) and "column 'height' is missing ('NA') in row 3" in message(e)
+    assert f"{path}:3:4:" in message(e) and "column 'height' is missing ('NA') on line 3" in message(e)
     path = write_csv(tmp_path, "age,height,label\n30,inf,a\n40,1.5,b\n")
     with pytest.raises(DataError) as e:
         load_splits(spec("csv", {"path": path, "target": "label"}), model(), 0)
-    assert "column 'height' is not a finite number in row 2" in message(e)
+    assert "column 'height' is not a finite number on line 2" in message(e)
     path = write_csv(tmp_path, "age,label\n30,a\n4O,b\n50,a\n")
     with pytest.raises(DataError) as e:
         load_splits(spec("csv", {"path": path, "target": "label"}), model(), 0)
-    assert f"{path}:3:1:" in message(e) and "column 'age' holds numbers but row 3 has '4O'" in message(e)
+    assert f"{path}:3:1:" in message(e) and "column 'age' holds numbers but line 3 has '4O'" in message(e)
 
 
 def test_csv_missing_target_lists_columns(tmp_path):
@@ -275,7 +275,7 @@ def test_csv_structure_errors(tmp_path):
     path = write_csv(tmp_path, "a,b\n1,2\n3\n")
     with pytest.raises(DataError) as e:
         load_splits(spec("csv", {"path": path, "target": "b"}), model(), 0)
-    assert f"{path}:3:1:" in message(e) and "row 3 has 1 fields but the header has 2" in message(e)
+    assert f"{path}:3:1:" in message(e) and "line 3 has 1 field but the header has 2" in message(e)
     path = write_csv(tmp_path, "a,b\n", name="empty.csv")
     with pytest.raises(DataError) as e:
         load_splits(spec("csv", {"path": path, "target": "b"}), model(), 0)
@@ -353,7 +353,8 @@ def test_single_matrix_for_a_multi_input_model():
 def test_shape_mismatch_suggests_reshape():
     with pytest.raises(DataError) as e:
         load_splits(spec("sklearn", {"name": "digits"}), model({"pixels": (8, 8, 1)}), 0)
-    assert ("input 'pixels' expects shape (8, 8, 1) per example but the data has (64,); "
+    assert ("input 'pixels' expects shape (8, 8, 1) per example but the data (sklearn:digits features) has "
+            "shape (64,); "
             "add `reshape: [8, 8, 1]` under data") in message(e)
     with pytest.raises(DataError) as e:
         load_splits(spec("sklearn", {"name": "digits"}, reshape=(8, 8, 2)), model({"pixels": (8, 8, 2)}), 0)
@@ -419,7 +420,7 @@ def test_check_labels_sparse_binary_and_regression(tmp_path):
     s = load_splits(spec("csv", {"path": path, "target": "species"}), model({"x": (1,)}, ["digit"]), 0)
     with pytest.raises(DataError) as e:
         check_labels(s, {"digit": 3})
-    assert "labels in target 'species' go up to 9 but output 'digit' has 3 units" in message(e)
+    assert "labels in column 'species' of data.csv go up to 9 but output 'digit' has 3 units (the first on line 3)" in message(e)
     check_labels(s, {"digit": 10})
     parity = load_splits(spec("synthetic", {"name": "parity", "bits": 3}), model({"x": (3,)}), 0)
     check_labels(parity, {"y": 1})                      # one sigmoid unit, labels 0/1
@@ -427,7 +428,7 @@ def test_check_labels_sparse_binary_and_regression(tmp_path):
     check_labels(line, {"y": 1})
     with pytest.raises(DataError) as e:
         check_labels(line, {"y": 3})
-    assert "1 values per example but output 'y' has 3 units" in message(e)
+    assert "target 'y' has 1 value per example but output 'y' has 3 units" in message(e)
 
 
 def test_standardize_is_fitted_on_the_training_split_only():
@@ -580,3 +581,19 @@ def test_splits_is_a_frozen_dataclass():
     assert isinstance(s, Splits) and s.splits().keys() == {"train"}
     with pytest.raises(Exception):
         s.task = "x"
+
+
+def test_standardize_keeps_constant_training_features_finite():
+    """A pixel blank in every training image must not explode where it is lit at test time."""
+    import keras
+
+    from compiler.data.preprocess import _keep_constant_features_finite
+
+    x = np.random.default_rng(0).random((50, 3)).astype("float32")
+    x[:, 1] = 0.0
+    layer = keras.layers.Normalization()
+    layer.adapt(x)
+    _keep_constant_features_finite(layer)
+    out = keras.ops.convert_to_numpy(layer(np.array([[0.5, 1.0, 0.5]], "float32")))
+    assert out[0, 1] == pytest.approx(1.0)          # centred (mean 0), not divided by ~0
+    assert np.all(np.abs(out) < 10)

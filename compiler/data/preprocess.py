@@ -125,7 +125,17 @@ def _preprocess_layer(step: Component, name: str, before: list[Any], train_x: np
     for earlier in before:              # fit on what the layer will actually receive
         seen = keras.ops.convert_to_numpy(earlier(seen))
     layer.adapt(np.asarray(seen, dtype=np.float32))
+    _keep_constant_features_finite(layer)
     return layer
+
+
+def _keep_constant_features_finite(layer) -> None:
+    """A feature constant on the training split (a blank digits pixel) has variance 0, and
+    Normalization would divide it by ~1e-7 on data where it varies. Centre it, don't scale it."""
+    variance = np.asarray(layer.adapt_variance)
+    if (variance < 1e-12).any():
+        layer.adapt_variance.assign(np.where(variance < 1e-12, 1.0, variance).astype(variance.dtype))
+        layer.finalize_state()
 
 
 def _augment_layer(step: Component, name: str):
