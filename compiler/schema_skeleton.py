@@ -111,7 +111,9 @@ def _data(layer_names: list[str]) -> dict:
                     "type": "array", "items": {"anyOf": [{"type": "integer", "minimum": 1}, {"const": -1}]}},
         "split": _obj({"validation": {"description": "Fraction held out for validation.", **_FRACTION},
                        "test": {"description": "Fraction held out for the final test.", **_FRACTION},
-                       "stratify": _bool("Keep class proportions in each split (default: for class targets).")},
+                       "stratify": _bool("Keep class proportions in each split (default: for class targets)."),
+                       "seed": {"type": "integer", "description": "Seed of the shuffle before splitting "
+                                                                  "(default: the spec's `seed`)."}},
                       description="Fractions of the (seeded, shuffled) data held out."),
         "preprocess": {"description": "Steps applied to the inputs, in order (statistics from the training "
                                       "split only): standardize, log1p, one_hot, `{rescale: {scale: ...}}`.",

@@ -25,7 +25,9 @@ from .split import Arrays, Splits, check_labels, split_table
 
 
 def load_splits(data: DataSpec, model: ModelSpec, seed: int) -> Splits:
-    """Load the data described by `data`, checked against `model`, split deterministically by `seed`."""
+    """Load the data described by `data`, checked against `model`, split deterministically by `seed`
+    (or by `data.split_seed` when the spec sets `split: {seed: N}`)."""
+    seed = data.split_seed if data.split_seed is not None else seed
     check_steps(data)
     table = bind(load_table(data, model, seed), data, model)
     return split_table(encode_targets(table, data), data, seed)

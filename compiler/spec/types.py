@@ -90,6 +90,7 @@ class DataSpec:
     validation: float = 0.0
     test: float = 0.0
     stratify: bool | None = None          # None: automatic (classification targets)
+    split_seed: int | None = None         # None: the spec's seed (an ensemble's members share one split)
     reshape: tuple[int, ...] | None = None
     preprocess: tuple[Component, ...] = ()
     augment: tuple[Component, ...] = ()

@@ -120,7 +120,10 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
                     path = list(source) + path[3:]
         return format_path(path)
 
-    errors.diagnostics.extend(schema_errors(tree, display_path))
+    # A value resolving already complained about (a bad `${expr}`, an unknown `$param`) is left as its
+    # text, which the schema then rejects as a wrong type: one error per value is enough.
+    resolved = {d.loc for d in errors.diagnostics if d.loc is not None}
+    errors.diagnostics.extend(d for d in schema_errors(tree, display_path) if d.loc not in resolved)
     if not resolved_cleanly:   # nodes were dropped: reference checks would only echo those errors
         errors.raise_if_any()
     structural = bool(errors.diagnostics)
@@ -338,6 +341,6 @@ def _data(data: Map) -> DataSpec:
     augment = tuple(_component("augment", a, data["augment"], i) for i, a in enumerate(data.get("augment") or []))
     reshape = data.get("reshape")
     return DataSpec(source=kind, params=params, validation=float(split.get("validation", 0.0)),
-                    test=float(split.get("test", 0.0)), stratify=split.get("stratify"),
+                    test=float(split.get("test", 0.0)), stratify=split.get("stratify"), split_seed=split.get("seed"),
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
                     loc=data.loc)

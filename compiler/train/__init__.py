@@ -19,7 +19,12 @@ __all__ = ["train"]
 
 
 def train(spec, run_dir=None, resume=False, workers=1, verbose=None):
-    """Train `spec` into a run directory and return its path (see compiler.train.run.train)."""
+    """Train `spec` into a run directory and return its path (see compiler.train.run.train;
+    `train.ensemble: N > 1`: compiler.train.ensemble.train_ensemble)."""
+    if spec.train is not None and spec.train.ensemble > 1:
+        from .ensemble import train_ensemble
+
+        return train_ensemble(spec, run_dir=run_dir, resume=resume, workers=workers, verbose=verbose)
     from .run import train as _train
 
     return _train(spec, run_dir=run_dir, resume=resume, workers=workers, verbose=verbose)
