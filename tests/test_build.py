@@ -360,7 +360,7 @@ def test_attention_layers_take_query_and_value():
 
 
 def test_input_layers_from_the_data_stage():
-    norm = layers.Normalization()
+    norm = layers.Normalization(name="normalization")
     norm.adapt(floats(50, 4) * 3 + 1)
     s = spec([inp("x", 4)], [node("out", "Dense", "x", units=2)], ["out"])
     model = build_model(s, input_layers={"x": [norm, layers.GaussianNoise(0.1, name="noise")]})
