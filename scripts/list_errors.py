@@ -93,51 +93,76 @@ class Case:
 
 
 BROKEN = {   # tests/broken/<name>.yaml -> (stage, title, what to do)
-    "bad_yaml": ("load", "Invalid YAML", "Fix the YAML syntax at that line and column (here a flow mapping `{...}` misses a "
-                         "comma or its closing brace)."),
-    "duplicate_key": ("load", "A key given twice", "A key may appear once per mapping; merge the two entries or rename one."),
-    "custom_tag": ("load", "A YAML tag", "Remove the `!tag`: a spec is plain data. Layers are written as `ClassName: {args}`."),
-    "python_tag": ("load", "A YAML tag that would run Python", "Remove the tag. kspec never builds Python objects from YAML; nothing was run."),
-    "alias_bomb": ("load", "An alias bomb", "The YAML anchors/aliases expand to too many values (a 'billion laughs' document). "
-                           "Write the values out, or use blocks and `repeat` instead of aliases."),
-    "deep_nesting": ("load", "Absurdly deep nesting", "Flatten the structure; no spec needs more than a few levels of nesting."),
-    "missing_version": ("resolve", "No format version", "Add `kspec: 1` as the first line: the version of the spec format."),
-    "unknown_version": ("resolve", "An unknown format version", "Write `kspec: 1`, or upgrade kspec if the spec comes from a newer one."),
-    "extends_missing": ("resolve", "`extends` names a missing file", "Fix the path in `extends`: it is relative to the file that names it."),
-    "extends_cycle_a": ("resolve", "Two files that extend each other", "Two files extend each other; remove one of the `extends`."),
-    "block_self_use": ("resolve", "A block that uses itself", "A block cannot contain itself (directly or through other blocks); "
-                                  "use `repeat` to stack it."),
-    "unknown_block_param": ("resolve", "An argument a block does not take", "Use one of the parameters the block declares in its `params`, or add "
-                                       "the parameter there."),
-    "unknown_param": ("resolve", "An unknown `$param` inside a block", "Inside a block, `$name` must be one of the block's `params` (or a repeat "
-                                 "index named with `as:`); fix the spelling."),
-    "expression_attribute": ("resolve", "An attribute in an expression", "`${...}` takes arithmetic on numbers and parameters only "
-                                        "(+ - * / // % ** and parentheses): no attributes, calls or names."),
-    "expression_injection": ("resolve", "A call in an expression", "Same rule: an expression cannot call anything. Nothing was run."),
-    "expression_huge_power": ("resolve", "A huge power in an expression", "Use a smaller exponent; powers are limited so a spec cannot ask for "
-                                         "astronomically large numbers."),
-    "typo_layer_class": ("resolve", "A misspelt layer class", "Use the exact Keras class name (case matters) or the name of a block."),
-    "lambda_layer": ("resolve", "A Lambda layer", "Lambda layers would run code from the spec; register a plugin module of "
-                                "your own layers with `--plugin MODULE` and use its class instead."),
-    "duplicate_name": ("resolve", "Two nodes with the same name", "Node names are unique per model (per use, inside a block); rename one."),
-    "unknown_top_key": ("validate", "An unknown top-level key", "Fix the key; the top level holds kspec, name, extends, seed, data, "
-                                    "model, train."),
-    "missing_layers": ("validate", "A required key missing", "Add the missing key (here `model.layers`, the list of layers)."),
-    "typo_argument": ("validate", "A misspelt layer argument", "Use an argument of that Keras class (`kspec schema --component layers` "
-                                  "lists them; editors complete them from the schema)."),
-    "wrong_type_units": ("validate", "A value of the wrong type", "Give a value of the type the argument takes (here a whole number)."),
-    "wrong_kernel_size": ("validate", "A wrong item in a list argument", "Same: every item of `kernel_size` is a whole number."),
-    "dropout_type": ("validate", "Several wrong values", "Both errors of the file are reported at once; fix each value's type."),
-    "bad_initializer": ("validate", "An unknown initializer", "Use a Keras initializer name (`he_normal`) or class with arguments "
-                                    "(`{HeNormal: {seed: 1}}`)."),
-    "unknown_optimizer": ("validate", "An unknown optimizer", "Use a Keras optimizer name or class: adam, sgd, rmsprop, `{Adam: "
-                                      "{learning_rate: 0.001}}`..."),
-    "dangling_input": ("validate", "`inputs` naming no node", "`inputs:` names nodes (by `name:`) or model inputs; fix the name."),
-    "dangling_output": ("validate", "`outputs` naming no node", "`outputs:` names nodes; fix the name (or give the node that `name:`)."),
-    "dangling_share": ("validate", "`share` naming no node", "`share:` names an earlier node whose layer (and weights) to reuse."),
-    "cycle": ("validate", "A cycle in the graph", "The `inputs:` references form a loop; a model is a graph without cycles."),
-    "loss_unknown_output": ("validate", "A loss for an output that does not exist", "In a loss (or metrics, loss_weights) mapping, each key is a model "
-                                        "output name."),
+    "bad_yaml": ("load", "Invalid YAML",
+        "Fix the YAML syntax at that line and column (here a flow mapping `{...}` misses a comma or its "
+        "closing brace)."),
+    "duplicate_key": ("load", "A key given twice",
+        "A key may appear once per mapping; merge the two entries or rename one."),
+    "custom_tag": ("load", "A YAML tag",
+        "Remove the `!tag`: a spec is plain data. Layers are written as `ClassName: {args}`."),
+    "python_tag": ("load", "A YAML tag that would run Python",
+        "Remove the tag. kspec never builds Python objects from YAML; nothing was run."),
+    "alias_bomb": ("load", "An alias bomb",
+        "The YAML anchors/aliases expand to too many values (a 'billion laughs' document). Write the values "
+        "out, or use blocks and `repeat` instead of aliases."),
+    "deep_nesting": ("load", "Absurdly deep nesting",
+        "Flatten the structure; no spec needs more than a few levels of nesting."),
+    "missing_version": ("resolve", "No format version",
+        "Add `kspec: 1` as the first line: the version of the spec format."),
+    "unknown_version": ("resolve", "An unknown format version",
+        "Write `kspec: 1`, or upgrade kspec if the spec comes from a newer one."),
+    "extends_missing": ("resolve", "`extends` names a missing file",
+        "Fix the path in `extends`: it is relative to the file that names it."),
+    "extends_cycle_a": ("resolve", "Two files that extend each other",
+        "Two files extend each other; remove one of the `extends`."),
+    "block_self_use": ("resolve", "A block that uses itself",
+        "A block cannot contain itself (directly or through other blocks); use `repeat` to stack it."),
+    "unknown_block_param": ("resolve", "An argument a block does not take",
+        "Use one of the parameters the block declares in its `params`, or add the parameter there."),
+    "unknown_param": ("resolve", "An unknown `$param` inside a block",
+        "Inside a block, `$name` must be one of the block's `params` (or a repeat index named with `as:`); "
+        "fix the spelling."),
+    "expression_attribute": ("resolve", "An attribute in an expression",
+        "`${...}` takes arithmetic on numbers and parameters only (+ - * / // % ** and parentheses): no "
+        "attributes, calls or names."),
+    "expression_injection": ("resolve", "A call in an expression",
+        "Same rule: an expression cannot call anything. Nothing was run."),
+    "expression_huge_power": ("resolve", "A huge power in an expression",
+        "Use a smaller exponent; powers are limited so a spec cannot ask for astronomically large numbers."),
+    "typo_layer_class": ("resolve", "A misspelt layer class",
+        "Use the exact Keras class name (case matters) or the name of a block."),
+    "lambda_layer": ("resolve", "A Lambda layer",
+        "Lambda layers would run code from the spec; register a plugin module of your own layers with "
+        "`--plugin MODULE` and use its class instead."),
+    "duplicate_name": ("resolve", "Two nodes with the same name",
+        "Node names are unique per model (per use, inside a block); rename one."),
+    "unknown_top_key": ("validate", "An unknown top-level key",
+        "Fix the key; the top level holds kspec, name, extends, seed, data, model, train."),
+    "missing_layers": ("validate", "A required key missing",
+        "Add the missing key (here `model.layers`, the list of layers)."),
+    "typo_argument": ("validate", "A misspelt layer argument",
+        "Use an argument of that Keras class (`kspec schema --component layers` lists them; editors complete "
+        "them from the schema)."),
+    "wrong_type_units": ("validate", "A value of the wrong type",
+        "Give a value of the type the argument takes (here a whole number)."),
+    "wrong_kernel_size": ("validate", "A wrong item in a list argument",
+        "Same: every item of `kernel_size` is a whole number."),
+    "dropout_type": ("validate", "Several wrong values",
+        "Both errors of the file are reported at once; fix each value's type."),
+    "bad_initializer": ("validate", "An unknown initializer",
+        "Use a Keras initializer name (`he_normal`) or class with arguments (`{HeNormal: {seed: 1}}`)."),
+    "unknown_optimizer": ("validate", "An unknown optimizer",
+        "Use a Keras optimizer name or class: adam, sgd, rmsprop, `{Adam: {learning_rate: 0.001}}`..."),
+    "dangling_input": ("validate", "`inputs` naming no node",
+        "`inputs:` names nodes (by `name:`) or model inputs; fix the name."),
+    "dangling_output": ("validate", "`outputs` naming no node",
+        "`outputs:` names nodes; fix the name (or give the node that `name:`)."),
+    "dangling_share": ("validate", "`share` naming no node",
+        "`share:` names an earlier node whose layer (and weights) to reuse."),
+    "cycle": ("validate", "A cycle in the graph",
+        "The `inputs:` references form a loop; a model is a graph without cycles."),
+    "loss_unknown_output": ("validate", "A loss for an output that does not exist",
+        "In a loss (or metrics, loss_weights) mapping, each key is a model output name."),
 }
 
 CASES: list[Case] = []

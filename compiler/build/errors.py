@@ -54,6 +54,8 @@ def keras_message(exc: BaseException, max_chars: int = MAX_CHARS) -> str:
 
 
 def shape_text(tensor: Any) -> str:
+    if isinstance(tensor, (list, tuple)):          # a layer with several outputs (return_state...)
+        return "[" + ", ".join(shape_text(t) for t in tensor) + "]"
     shape = getattr(tensor, "shape", None)
     if shape is None:
         return "?"
@@ -102,6 +104,16 @@ def call_error(node: NodeSpec, layer: Any, exc: BaseException,
     message = keras_message(exc)
     cls = node.layer
     what = "its inputs" if len(input_names) > 1 else "its input"
+    if layer is not None and len(input_names) == 1 and _is_merge(layer):
+        return Diagnostic(
+            f"{cls} '{node.name}' combines several inputs, but it is given one: "
+            f"{inputs_text(input_names, input_tensors)}", node.loc, node.path, via=node.via,
+            hint=f"list the nodes to combine under `inputs`, e.g. `inputs: [{input_names[0]}, OTHER]`")
+    if layer is not None and len(input_names) > 1 and _takes_one_input(layer):
+        return Diagnostic(
+            f"{cls} '{node.name}' takes one input, but `inputs` lists {len(input_names)}: "
+            f"{inputs_text(input_names, input_tensors)}", node.loc, node.path, via=node.via,
+            hint="list one node under `inputs`, or combine them first (Concatenate, Add)")
     ndim = _NDIM.search(message)
     if ndim:
         bound, expected, found = ndim.group(1) or "", int(ndim.group(2)), int(ndim.group(3))
@@ -123,11 +135,28 @@ def call_error(node: NodeSpec, layer: Any, exc: BaseException,
         shape = shape_text(input_tensors[i]) if input_tensors else "?"
         text = f"{cls} '{node.name}' cannot take {what}: expected {expected_text} but {source} gives shape {shape} — {hint}"
         return Diagnostic(text, node.loc, node.path, via=node.via)
+    hint = ""
+    if "must be fully-defined" in message:
+        hint = ("a dimension the layer's weights depend on (usually the last) is unknown (null): "
+                "give it a size in model.inputs")
     if input_names:
         text = f"{cls} '{node.name}' cannot take {what} {inputs_text(input_names, input_tensors)}: {message}"
     else:
         text = f"{cls} '{node.name}' failed: {message}"
-    return Diagnostic(text, node.loc, node.path, via=node.via)
+    return Diagnostic(text, node.loc, node.path, via=node.via, hint=hint)
+
+
+def _is_merge(layer: Any) -> bool:
+    from keras.src.layers.merging.base_merge import Merge
+
+    return isinstance(layer, Merge)
+
+
+def _takes_one_input(layer: Any) -> bool:
+    """A Keras layer (not a plugin's) that is neither a merge nor an attention layer: one tensor in."""
+    cls = type(layer)
+    return (cls.__module__.startswith("keras.") and not _is_merge(layer)
+            and "Attention" not in cls.__name__)
 
 
 def node_error(node: NodeSpec, message: str, hint: str = "") -> Diagnostic:

@@ -8,6 +8,7 @@ would fix it) instead of as a Keras shape error halfway into `fit`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -32,7 +33,7 @@ def bind(table: Table, data: DataSpec, model: ModelSpec) -> Table:
             array = _reshape(array, data)
         elif array.ndim == 1 and len(spec.shape) == 1 and spec.shape[0] in (1, None):
             array = array[:, None]
-        _check_shape(spec, array, data)
+        _check_shape(spec, array, data, table)
         x[spec.name] = _cast(spec, array, table, data)
     for name, array in x.items():
         _check_finite(array, f"input {name!r} ({table.x_from.get(name, 'x')})", table, data)
@@ -66,12 +67,25 @@ def _reshape(array: np.ndarray, data: DataSpec) -> np.ndarray:
             f"{shape_text(target)}", data.loc, "data.reshape")) from None
 
 
-def _check_shape(spec: InputSpec, array: np.ndarray, data: DataSpec) -> None:
+def data_origin(table: Table, name: str) -> str:
+    """Where input `name`'s data came from, for messages: "array 'x' of d.npz", "sklearn:digits features"."""
+    origin = table.x_from.get(name)
+    if table.file:
+        base = os.path.basename(str(table.file).rstrip("/")) or str(table.file)
+        if not origin or origin == base:
+            return base
+        return origin if base in origin else f"{origin} of {base}"
+    if not origin or origin == "x":
+        return table.source
+    return origin
+
+
+def _check_shape(spec: InputSpec, array: np.ndarray, data: DataSpec, table: Table) -> None:
     have, want = array.shape[1:], tuple(spec.shape)
     if len(have) == len(want) and all(w is None or w == h for w, h in zip(want, have)):
         return
-    message = (f"input {spec.name!r} expects shape {shape_text(want)} per example but the data has "
-               f"{shape_text(have)}")
+    message = (f"input {spec.name!r} expects shape {shape_text(want)} per example but the data "
+               f"({data_origin(table, spec.name)}) has shape {shape_text(have)}")
     if None not in want and math.prod(want) == math.prod(have) and not data.reshape:
         message += f"; add `reshape: [{', '.join(map(str, want))}]` under data"
     raise DataError(Diagnostic(message, spec.loc or data.loc, f"model.inputs.{spec.name}"))

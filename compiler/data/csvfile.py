@@ -85,8 +85,10 @@ def read_csv(path: str, delimiter: str = ",") -> CsvFile:
             if header is None:
                 header = _check_header(path, cells)
             elif len(cells) != len(header):
-                raise file_error(path, f"row {line} has {len(cells)} fields but the header has "
-                                 f"{len(header)}", line=line, col=1)
+                raise file_error(path, f"line {line} has {len(cells)} field{'s' * (len(cells) != 1)} but the "
+                                 f"header has {len(header)}", line=line, col=1,
+                                 hint="each line needs one value per header column (quote values that "
+                                      "contain the delimiter)")
             else:
                 rows.append(cells)
                 lines.append(line)
@@ -113,7 +115,7 @@ def parse_column(f: CsvFile, column: str) -> np.ndarray:
     for i, cell in enumerate(cells):
         if cell.lower() in MISSING:
             what = "empty" if not cell else f"missing ({cell!r})"
-            raise f.cell_error(i, j, f"column {column!r} is {what} in row {f.lines[i]} ({_MISSING_HINT})")
+            raise f.cell_error(i, j, f"column {column!r} is {what} on line {f.lines[i]} ({_MISSING_HINT})")
     try:
         return np.array([int(c) for c in cells], dtype=np.int64)
     except (ValueError, OverflowError):
@@ -127,12 +129,12 @@ def parse_column(f: CsvFile, column: str) -> np.ndarray:
     if not bad:
         values = np.array(numbers, dtype=np.float64)
         for i in np.flatnonzero(~np.isfinite(values))[:1]:
-            raise f.cell_error(int(i), j, f"column {column!r} is not a finite number in row "
-                               f"{f.lines[i]} ({cells[i]!r})")
+            raise f.cell_error(int(i), j, f"column {column!r} is not a finite number on line "
+                               f"{f.lines[i]} ({cells[i]!r})", hint=_MISSING_HINT)
         return values
     if len(bad) < len(cells) - len(bad):
         i = bad[0]
-        raise f.cell_error(i, j, f"column {column!r} holds numbers but row {f.lines[i]} has {cells[i]!r}",
+        raise f.cell_error(i, j, f"column {column!r} holds numbers but line {f.lines[i]} has {cells[i]!r}",
                            hint="fix the cell; a column is categorical only when most of its cells are text")
     return np.array(cells, dtype=str)
 
@@ -172,6 +174,6 @@ def features_like(f: CsvFile, names: list[str]) -> np.ndarray:
         j = f.header.index(column)
         for i, row in enumerate(f.rows):
             if row[j] not in categories:
-                raise f.cell_error(i, j, f"column {column!r} has {row[j]!r} in row {f.lines[i]}, a category "
+                raise f.cell_error(i, j, f"column {column!r} has {row[j]!r} on line {f.lines[i]}, a category "
                                    f"the model was not trained on (known: {', '.join(sorted(categories))})")
     return out

@@ -111,7 +111,8 @@ def _numbers(path: str, rows: list[list[str]], lines: list[int]) -> np.ndarray:
     for row, line in zip(rows, lines):
         for cell in row:
             if not _is_number(cell):
-                raise file_error(path, f"row {line} has {cell!r}, not a number", line=line, col=1)
+                raise file_error(path, f"line {line} has {cell!r}, not a number", line=line, col=1,
+                                 hint="an input file without a header row must hold numbers only")
     return np.array(rows, dtype=np.float32)
 
 

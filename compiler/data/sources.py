@@ -22,6 +22,8 @@ from .table import (Table, assign, check_params, detect_task, did_you_mean, enco
 SKLEARN = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 SKLEARN_REGRESSION = ("diabetes",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+_IMAGE_HINT = "replace or remove the file: every file with an image extension in a class folder is read"
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
 DEFAULT_IMAGE_SIZE = (256, 256)     # keras.utils.image_dataset_from_directory's default
 
@@ -134,7 +136,7 @@ def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
             classes[output] = names_
     return Table(x, ys, tasks, classes, f.path, feature_names={k: names for k in x},
                  x_from={k: f"columns of {f.name}" for k in x},
-                 y_from={o: ", ".join(c) for o, c in by_output.items()}, file=f.path)
+                 y_from={o: ", ".join(c) for o, c in by_output.items()}, file=f.path, lines=tuple(f.lines))
 
 
 def _target_columns(data: DataSpec, outputs: tuple[str, ...], header: list[str], file: str) -> dict[str, list[str]]:
@@ -207,7 +209,9 @@ def _keys(data, path, present, given, names, default, what) -> dict[str, str]:
     for name, key in chosen.items():
         if key not in present:
             raise file_error(path, f"{os.path.basename(path)} has no array {key!r} (for {what} {name!r})"
-                             f"{did_you_mean(key, present)}; arrays present: {', '.join(present) or 'none'}")
+                             f"{did_you_mean(key, present)}; arrays present: {', '.join(present) or 'none'}",
+                             hint=f"name the array to use under data.source: `{default}: KEY`"
+                                  + (" (or a map name -> key)" if len(names) > 1 else ""))
     return chosen
 
 
@@ -274,6 +278,9 @@ def load_image(path: str, size: tuple[int, int], mode: str) -> np.ndarray:
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             array = np.asarray(img, dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise file_error(path, f"cannot read image: {exc}") from None
+    except UnidentifiedImageError:
+        raise file_error(path, f"cannot read image: not a {'/'.join(IMAGE_FORMATS)} file Pillow can read, "
+                         "or the file is damaged", hint=_IMAGE_HINT) from None
+    except OSError as exc:
+        raise file_error(path, f"cannot read image: {exc.strerror or exc}", hint=_IMAGE_HINT) from None
     return array[..., None] if array.ndim == 2 else array

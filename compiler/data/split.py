@@ -9,11 +9,12 @@ splits; the training split is the only one any statistic is fitted on.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DataError, Diagnostic
+from ..errors import DataError, Diagnostic, Loc
 from ..spec.types import DataSpec
 from .table import Table, is_one_hot, labels_of
 
@@ -24,12 +25,14 @@ class Arrays:
 
     x: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
+    origin: np.ndarray | None = None        # each example's position in the loaded data set (for errors)
 
     def __len__(self) -> int:
         return len(next(iter(self.x.values()))) if self.x else 0
 
     def take(self, index: np.ndarray) -> "Arrays":
-        return Arrays({k: v[index] for k, v in self.x.items()}, {k: v[index] for k, v in self.y.items()})
+        return Arrays({k: v[index] for k, v in self.x.items()}, {k: v[index] for k, v in self.y.items()},
+                      self.origin[index] if self.origin is not None else None)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class Splits:
     feature_names: dict[str, list[str]]     # input -> column names, where known
     source: str
     targets: dict[str, str] = field(default_factory=dict)   # output -> target as the user names it
+    file: str | None = None                 # the data file (or image folder), when there is one
+    lines: tuple[int, ...] | None = None    # the file line of each example (CSV), for errors
 
     def splits(self) -> dict[str, Arrays]:
         """The splits that exist, by name."""
@@ -54,8 +59,8 @@ class Splits:
 
 def split_table(table: Table, data: DataSpec, seed: int) -> Splits:
     """Shuffle with `seed`, hold out `test` then `validation` (fractions of the whole data set)."""
-    everything = Arrays(table.x, table.y)
-    n = len(everything)
+    n = len(Arrays(table.x, table.y))
+    everything = Arrays(table.x, table.y, np.arange(n))
     n_test, n_val = _count(data.test, n), _count(data.validation, n)
     if data.test < 0 or data.validation < 0 or n - n_test - n_val < 1:
         raise DataError(Diagnostic(
@@ -72,7 +77,8 @@ def split_table(table: Table, data: DataSpec, seed: int) -> Splits:
         test=everything.take(test) if n_test else None,
         task=table.tasks.get(first, "regression") if first else "regression",
         tasks=dict(table.tasks), class_names=dict(table.class_names),
-        feature_names=dict(table.feature_names), source=table.source, targets=dict(table.y_from))
+        feature_names=dict(table.feature_names), source=table.source, targets=dict(table.y_from),
+        file=table.file, lines=table.lines)
 
 
 def _count(fraction: float, n: int) -> int:
@@ -116,32 +122,76 @@ def check_labels(splits: Splits, output_units: dict[str, int]) -> None:
     Sparse labels must be < units (a single sigmoid unit takes labels 0 and 1);
     one-hot targets must have exactly `units` columns; regression targets must
     have `units` values per example (Keras would otherwise broadcast silently).
+    The error names the data file, the column or array, and (CSV) the line of the
+    first offending example.
     """
     parts = list(splits.splits().values())
     for output, units in output_units.items():
         if not parts or output not in parts[0].y:
             continue
         y = np.concatenate([p.y[output] for p in parts])
-        target = splits.targets.get(output, output)
+        origin = (np.concatenate([p.origin for p in parts]) if all(p.origin is not None for p in parts)
+                  else None)
+        where = target_text(splits, output)
+        plural = "s" * (units != 1)
         if splits.tasks.get(output) == "classification" and not is_one_hot(y):
             labels = labels_of(y)
             top, low = int(labels.max()), int(labels.min())
             if low < 0:
-                _label_error(f"labels in target {target!r} go down to {low}, but class labels start at 0", output)
+                _label_error(splits, output, f"labels in {where} go down to {low}, but class labels start at 0",
+                             first=_first(origin, labels < 0),
+                             hint="number the classes 0, 1, 2, ... (or give the labels as text)")
             if top >= max(units, 2):
+                names = splits.class_names.get(output) or []
+                if names and names != [str(i) for i in range(len(names))]:
+                    _label_error(splits, output, f"{where} holds {len(names)} classes ({_names(names)}) but "
+                                 f"output {output!r} has {units} unit{plural}",
+                                 hint=f"give output {output!r} {len(names)} units")
                 hint = (f"give output {output!r} {top + 1} units" if units > 1 else
                         "a single sigmoid unit fits only labels 0 and 1")
                 if low > 0:
                     hint += f" (the labels start at {low}; label k is class k, so classes below {low} go unused)"
-                _label_error(f"labels in target {target!r} go up to {top} but output {output!r} has {units} "
-                             f"unit{'s' * (units != 1)}", output, hint=hint)
+                _label_error(splits, output, f"labels in {where} go up to {top} but output {output!r} has {units} "
+                             f"unit{plural}", first=_first(origin, labels >= max(units, 2)), hint=hint)
         else:
             width = y.shape[-1] if y.ndim > 1 else 1
             if width != units:
-                kind = "one-hot columns" if is_one_hot(y) else "values per example"
-                _label_error(f"target {target!r} has {width} {kind} but output {output!r} has {units} "
-                             f"unit{'s' * (units != 1)}", output)
+                kind = "one-hot columns" if is_one_hot(y) else f"value{'s' * (width != 1)} per example"
+                _label_error(splits, output, f"{where} has {width} {kind} but output {output!r} has {units} "
+                             f"unit{plural}", hint=f"give output {output!r} {width} units, or change the target")
 
 
-def _label_error(message: str, output: str, hint: str = "") -> None:
+def target_text(splits: Splits, output: str) -> str:
+    """The target of `output` as the user knows it: "column 'species' of iris.csv", "array 'y' of d.npz"."""
+    target = splits.targets.get(output, output)
+    if not splits.file:
+        return f"target {target!r}"
+    base = os.path.basename(str(splits.file).rstrip("/")) or str(splits.file)
+    if splits.lines is not None:
+        return f"columns {target} of {base}" if ", " in target else f"column {target!r} of {base}"
+    if os.path.isdir(splits.file):
+        return f"the class folders of {base}"
+    return f"array {target!r} of {base}"
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def _first(origin: np.ndarray | None, bad: np.ndarray) -> int | None:
+    """The position in the loaded data set of the first offending example."""
+    if origin is None or not bad.any():
+        return None
+    return int(origin[bad].min())
+
+
+def _label_error(splits: Splits, output: str, message: str, first: int | None = None, hint: str = "") -> None:
+    if splits.file:
+        line = 0
+        if first is not None and splits.lines is not None and first < len(splits.lines):
+            line = splits.lines[first]
+            message += f" (the first on line {line})"
+        elif first is not None:
+            message += f" (the first at example {first}, counting from 0)"
+        raise DataError(Diagnostic(message, Loc(str(splits.file), line, 1 if line else 0), hint=hint))
     raise DataError(Diagnostic(message, path=f"model.outputs.{output}", hint=hint))

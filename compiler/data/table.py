@@ -35,6 +35,7 @@ class Table:
     x_from: dict[str, str] = field(default_factory=dict)   # input -> "array 'x'", "columns a, b"
     y_from: dict[str, str] = field(default_factory=dict)   # output -> "column 'species'"
     file: str | None = None                     # the file errors point at, when there is one
+    lines: tuple[int, ...] | None = None        # the file line of each example (CSV), for errors
 
 
 def source_error(data: DataSpec, message: str, hint: str = "") -> DataError:

@@ -131,7 +131,8 @@ class Expander:
 
     def claim(self, full: str, loc, path, via) -> str:
         if full in self.taken:
-            self.errors.add(f"duplicate node name '{full}'", loc, format_path(path), via=via)
+            self.errors.add(f"duplicate node name '{full}'", loc, format_path(path), via=via,
+                            hint="node names must be unique: rename one (`name:`)")
         self.taken.add(full)
         return full
 
@@ -221,9 +222,13 @@ class Expander:
         if kind in self.blocks:
             return self._use_block(item, kind, scope, previous, path)
         if kind != "share" and kind not in self.layer_names:
+            hint = ""
+            if kind in ("Lambda", "TFSMLayer"):
+                hint = (f"{kind} runs arbitrary code, which a spec may not do; write the layer as a Keras "
+                        "layer class in a module of your own and load it with --plugin MODULE")
             self.errors.add(f"unknown layer class or block '{kind}'"
                             + did_you_mean(kind, set(self.layer_names) | set(self.blocks)),
-                            item.key_loc(kind), format_path(path + (kind,)), via=scope.via)
+                            item.key_loc(kind), format_path(path + (kind,)), via=scope.via, hint=hint)
             return previous
         node = self.substitute(item, scope.env, item.loc, scope.via, path)
         node.via = scope.via

@@ -40,6 +40,7 @@ def pick(error):
     """The most useful error inside an anyOf/oneOf: the branch whose type matched, deepest first."""
     while error.validator in ("anyOf", "oneOf") and error.context:
         branches = [e for e in error.context if not _is_expression_branch(e)] or list(error.context)
+        branches = _chosen_branches(error, branches)
         inner = [e for e in branches if not (e.validator == "type" and not e.relative_path)]
         if not inner:   # no branch had the right type: one "expected X or Y" message
             return _merged_type_error(error, branches)
@@ -54,6 +55,25 @@ def pick(error):
             break
         error = nxt
     return error
+
+
+def _chosen_branches(error, branches: list) -> list:
+    """Alternatives told apart by a required key (`{csv: ...}` vs `{sklearn: ...}`): keep the errors of
+    the alternatives whose required keys the mapping has, so a typo in a csv source's parameters is
+    reported against the csv form, not against the first form listed."""
+    options, instance = error.validator_value, error.instance
+    if not isinstance(instance, dict) or not isinstance(options, list):
+        return branches
+
+    def chosen(e) -> bool:
+        path = list(getattr(e, "relative_schema_path", []) or [])
+        if not path or not isinstance(path[0], int) or path[0] >= len(options):
+            return False
+        required = options[path[0]].get("required") if isinstance(options[path[0]], dict) else None
+        return bool(required) and all(k in instance for k in required)
+
+    kept = [e for e in branches if chosen(e)]
+    return kept or branches
 
 
 class _TypeError:

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from ..errors import Diagnostic, SpecError
+from ..errors import Diagnostic, Loc, SpecError
 from . import history as history_io
 from .rundir import RunDir, atomic_save_model, atomic_write_json, read_embedded_state
 
@@ -102,12 +102,13 @@ class RunRecorder(keras.callbacks.Callback):
 
     def __init__(self, run: RunDir, guard: EpochGuard, rows: list[dict], *, monitor: str, save_best: bool,
                  best_value: float | None, best_epoch: int | None, phase: dict, stateful: dict[str, Any],
-                 restore: dict | None = None):
+                 restore: dict | None = None, monitor_loc: Loc | None = None):
         super().__init__()
         self.run = run
         self.guard = guard
         self.rows = rows
         self.monitor = monitor
+        self.monitor_loc = monitor_loc        # where the spec sets train.monitor (for the error below)
         self.save_best = save_best
         self.best_value = best_value
         self.best_epoch = best_epoch
@@ -175,10 +176,14 @@ class RunRecorder(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         if value is None:
             if not self.checked_monitor:
-                logged = ", ".join(k for k in logs if k not in ("learning_rate",))
+                from ..suggest import did_you_mean
+
+                names = [k for k in logs if k not in ("learning_rate",)]
                 raise SpecError(Diagnostic(
-                    f"train.monitor is {self.monitor!r}, which is not a logged metric (logged: {logged})",
-                    path="train.monitor"))
+                    f"train.monitor is {self.monitor!r}, which is not a logged metric"
+                    f"{did_you_mean(self.monitor, names)} (logged: {', '.join(names)})",
+                    self.monitor_loc, "train.monitor",
+                    hint="set train.monitor to one of the logged names (val_* needs a validation split)"))
             return False
         self.checked_monitor = True
         value = float(value)

@@ -18,13 +18,22 @@ Every file is written to a temporary file in the same directory and moved into
 place with `os.replace`, so a reader (or a `--resume` after `kill -9`) sees
 either the old file or the new one, never half of one. Nothing here imports
 Keras at module level: `kspec build -o` uses `atomic_save_model` too.
+
+A write that fails (disk full, file-size limit, read-only disk) raises WriteError
+(exit 1) naming the file, and leaves the previous version in place; `claim` refuses
+a run directory below a regular file or on a full disk before anything is trained,
+and on `--resume` removes the temporary files a killed run left. `_crash_point` is a
+test-only hook (KSPEC_CRASH_AT, see tests/test_crash.py) that kills the process in
+the window between a complete temporary file and its `os.replace`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import signal
 import tempfile
 import time
 import zipfile
@@ -38,6 +47,17 @@ class RunDirError(KspecError):
     """The run directory cannot be used (exists without --resume, not writable...). Exit 2."""
 
     exit_code = 2
+
+
+class WriteError(RunDirError):
+    """A file of the run could not be written (disk full, file-size limit, read-only disk...). Exit 1:
+    nothing is wrong with the spec, and the files already in place (the last checkpoint) are intact."""
+
+    exit_code = 1
+
+
+# A run refuses to start on a disk with less free space than this: it could not even hold a checkpoint.
+MIN_FREE_BYTES = 1 << 20
 
 
 SPEC = "spec.yaml"
@@ -150,6 +170,10 @@ def claim(path: str | os.PathLike, resume: bool) -> RunDir:
     if p.exists() and not p.is_dir():
         raise RunDirError(Diagnostic(f"run directory {p} exists and is not a directory",
                                      hint="choose another --run-dir"))
+    blocker = next((d for d in p.parents if d.exists() and not d.is_dir()), None)
+    if blocker is not None:
+        raise RunDirError(Diagnostic(f"cannot create run directory {p}: {blocker} is a file, not a directory",
+                                     hint="choose another --run-dir"))
     if p.is_dir() and not resume:
         try:
             entries = sorted(e.name for e in p.iterdir())
@@ -170,6 +194,7 @@ def claim(path: str | os.PathLike, resume: bool) -> RunDir:
         raise RunDirError(Diagnostic(f"cannot create run directory {p}: {exc.strerror or exc}",
                                      hint="choose a --run-dir you can write to")) from None
     check_writable(p)
+    check_free_space(p)
     if resume:
         remove_temporaries(run)
     return run
@@ -191,15 +216,22 @@ def discard(run: RunDir) -> None:
 
 
 def remove_temporaries(run: RunDir) -> list[Path]:
-    """Delete the half-written temporary files a killed run left (`.NAME.XXXX.tmp...`), nothing else."""
+    """Delete what a killed run left half-written, nothing else: kspec's own temporary files
+    (`.NAME.XXXX.tmp...`) and the `tmpXXXXXXXX` file or folder Keras creates next to a .keras file
+    it saves or loads when the weights do not fit in memory."""
+    import re
+    import shutil
+
+    keras_temp = re.compile(r"^tmp[a-z0-9_]{8}$")
     removed = []
     for folder in (run.path, run.checkpoints):
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if entry.is_file() and entry.name.startswith(".") and ".tmp" in entry.name:
+            ours = entry.is_file() and entry.name.startswith(".") and ".tmp" in entry.name
+            if ours or (keras_temp.match(entry.name) and not entry.is_symlink()):
                 with contextlib.suppress(OSError):
-                    entry.unlink()
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                     removed.append(entry)
     return removed
 
@@ -215,6 +247,19 @@ def check_writable(directory: Path) -> None:
                                      hint="choose a --run-dir you can write to")) from None
 
 
+def check_free_space(directory: Path, minimum: int = MIN_FREE_BYTES) -> None:
+    """Refuse a run directory on a (nearly) full disk before anything is trained."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return                               # no statistics (some network file systems): find out on write
+    if free < minimum:
+        raise RunDirError(Diagnostic(f"the disk holding run directory {directory} is full ({free:,} bytes free)",
+                                     hint="free some disk space or choose a --run-dir on another disk"))
+
+
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name)) or "run"
 
@@ -223,20 +268,77 @@ def _safe(name: str) -> str:
 
 @contextlib.contextmanager
 def _temp_path(path: Path, suffix: str = ""):
-    """A fresh temporary path next to `path`, moved onto `path` on success, removed on failure."""
+    """A fresh temporary path next to `path`, moved onto `path` on success, removed on failure.
+
+    An OSError on the way (disk full, file-size limit, read-only disk) becomes a WriteError that
+    names the file; `path` itself is then untouched (the previous version stays in place).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)          # mkstemp's 0600 -> what open() would have given
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)      # mkstemp's 0600 -> what open() would have given
         yield Path(tmp)
         _fsync(tmp)
+        _crash_point(path.name)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        error = _write_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _write_error(path: Path, exc: BaseException) -> WriteError | None:
+    """A WriteError for an OSError (also one Keras or h5py wrapped in their own exception), else None."""
+    seen = exc
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None or isinstance(exc, KspecError) or not isinstance(exc, Exception):
+        return None
+    code = seen.errno
+    reason = (seen.strerror or os.strerror(code)) if code else (str(seen) or type(seen).__name__)
+    blocker = next((d for d in path.parents if d.exists() and not d.is_dir()), None)
+    if blocker is not None:
+        return WriteError(Diagnostic(f"cannot write {path}: {blocker} is a file, not a folder",
+                                     hint="choose another location (--run-dir, -o)"))
+    run = next((d for d in (path.parent, path.parent.parent) if (d / SPEC).is_file()), None)
+    if run is not None and (run / CHECKPOINTS / LAST).is_file():
+        again = (f"then continue the run with `kspec train SPEC --run-dir {run} --resume` "
+                 "(the files already written are intact)")
+    else:
+        again = "then run the command again"
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        hint = f"the disk is full (or a file-size limit was reached): free some space, {again}"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        hint = f"the folder is not writable: fix its permissions or choose another location (--run-dir, -o); {again}"
+    else:
+        hint = f"check the disk, {again}"
+    return WriteError(Diagnostic(f"cannot write {path}: {reason}", hint=hint))
+
+
+def _crash_point(name: str) -> None:
+    """Test hook for crash safety (tests/test_crash.py). With KSPEC_CRASH_AT=NAME:N in the environment,
+    the process SIGKILLs itself the N-th time a file called NAME (last.keras, best.keras, state.json,
+    history.csv, model.keras, metrics.json, ...) is complete in its temporary file but not yet moved
+    into place: the worst moment for a crash. Only tests set it; unset, it costs one dict lookup."""
+    target = os.environ.get("KSPEC_CRASH_AT")
+    if not target:
+        return
+    wanted, _, count = target.rpartition(":")
+    if wanted != name:
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    if str(_CRASH_COUNTS[name]) == count:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_CRASH_COUNTS: dict[str, int] = {}
 
 
 def _umask() -> int:
@@ -255,8 +357,9 @@ def _fsync(path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise                            # the data did not reach the disk: do not move it into place
     finally:
         os.close(fd)
 
