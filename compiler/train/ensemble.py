@@ -179,7 +179,7 @@ def _write_spec(run: RunDir, spec: Spec, resume: bool) -> None:
             changed.append("train.ensemble")
         if changed:
             raise RunDirError(Diagnostic(
-                f"--resume: the spec's {', '.join(changed)} differ from those of the ensemble in {run.path} "
+                f"--resume: the spec's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from those of the ensemble in {run.path} "
                 f"(see {run.spec}); a run can only be continued with the same model, data and members",
                 hint="use the run's own spec.yaml, or start a new run without --resume"))
     atomic_write_text(run.spec, yaml.safe_dump(tree, sort_keys=False))

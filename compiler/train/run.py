@@ -224,6 +224,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
     if not any(isinstance(cb, keras.callbacks.TensorBoard) for cb in spec_callbacks):
         callbacks.append(EpochTensorBoard(str(run.tensorboard)))
     recorder = RunRecorder(run, guard, rows, monitor=monitor, save_best=spec.train.keep == "best",
+                           monitor_loc=spec.train.loc,
                            best_value=state.get("best_value") if state else None,
                            best_epoch=state.get("best_epoch") if state else None,
                            phase={}, stateful=stateful)
@@ -320,7 +321,7 @@ def _write_spec(run: RunDir, spec: Spec, resume: bool, check_only: bool = False)
         changed = [k for k in ("model", "data", "seed") if old.get(k) != new.get(k)]
         if changed:
             raise RunDirError(Diagnostic(
-                f"--resume: the spec's {', '.join(changed)} differ from those of the run in {run.path} "
+                f"--resume: the spec's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from those of the run in {run.path} "
                 f"(see {run.spec}); a run can only be continued with the same model and data",
                 hint="use the run's own spec.yaml, or start a new run without --resume"))
         if old == new:
