@@ -30,7 +30,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -311,19 +310,9 @@ def write_diagnosis(run_dir: str | os.PathLike, findings: Sequence[Finding]) -> 
     """Write diagnosis.txt (each finding and its numbers) into the run directory, atomically."""
     path = Path(run_dir) / DIAGNOSIS
     text = format_findings(findings, numbers=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{DIAGNOSIS}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..train.rundir import atomic_write_text
+
+    atomic_write_text(path, text)
     return path
 
 

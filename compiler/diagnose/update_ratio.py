@@ -30,7 +30,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -159,18 +158,10 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writerow(["epoch", "layer", "ratio"])
     for r in rows:
         writer.writerow([r["epoch"], r["layer"], repr(float(r["ratio"]))])
+    from ..train.rundir import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(out.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, out.getvalue())
 
 
 def read_update_ratios(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import Diagnostic
 from ..suggest import did_you_mean
-from .tree import format_path, locate
+from .tree import locate
 
 _TYPE_WORDS = {"integer": "a whole number", "number": "a number", "string": "a string",
                "boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..errors import Collector, SpecError
+from ..errors import Collector
 from ..suggest import did_you_mean
 from . import schemas
 from .extends import relative_to

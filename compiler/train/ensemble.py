@@ -48,7 +48,7 @@ import numpy as np
 from ..errors import DataError, Diagnostic, KspecError, SpecError
 from ..spec.types import Spec
 from .rundir import (MODEL, RunDir, RunDirError, atomic_copy, atomic_save_model, atomic_write_json,
-                     atomic_write_text, claim, default_run_dir, discard, read_json)
+                     atomic_write_text, default_run_dir, discard, open_run, read_json)
 
 MEMBERS = "members"
 
@@ -135,19 +135,7 @@ def _check_single_process(spec: Spec) -> None:
 # -- the run directory ---------------------------------------------------------------------------
 
 def _open(spec: Spec, run_dir, resume: bool) -> RunDir:
-    if run_dir is None:
-        if resume:
-            latest = latest_ensemble(spec.name)
-            if latest is None:
-                raise RunDirError(Diagnostic(f"--resume: no earlier run of '{spec.name}' under runs/{spec.name}/",
-                                             hint="name the run to continue with --run-dir DIR"))
-            run_dir = latest
-        else:
-            run_dir = default_run_dir(spec.name)
-    elif resume and not Path(run_dir).is_dir():
-        raise RunDirError(Diagnostic(f"--resume: run directory {run_dir} does not exist",
-                                     hint="drop --resume to start a new run there"))
-    return claim(run_dir, resume)
+    return open_run(spec.name, run_dir, resume, latest_ensemble)
 
 
 def latest_ensemble(name: str, root: str = "runs") -> Path | None:

@@ -54,7 +54,7 @@ from ..errors import DataError, Diagnostic, KspecError, SpecError, TrainingError
 from ..spec.types import Component, PhaseSpec, Spec
 from . import history as history_io
 from .rundir import (RunDir, RunDirError, atomic_save_model, atomic_write_json, atomic_write_text, claim,
-                     default_run_dir, discard, latest_run_dir)
+                     discard, latest_run_dir, open_run)
 
 # Callback arguments that name a file or folder; relative ones are taken inside the run directory.
 PATH_ARGUMENTS = ("filepath", "filename", "log_dir", "backup_dir")
@@ -281,19 +281,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
 # -- run directory ------------------------------------------------------------------------
 
 def _open_run(spec: Spec, run_dir, resume: bool) -> RunDir:
-    if run_dir is None:
-        if resume:
-            latest = latest_run_dir(spec.name)
-            if latest is None:
-                raise RunDirError(Diagnostic(f"--resume: no earlier run of '{spec.name}' under runs/{spec.name}/",
-                                             hint="name the run to continue with --run-dir DIR"))
-            run_dir = latest
-        else:
-            run_dir = default_run_dir(spec.name)
-    elif resume and not Path(run_dir).is_dir():
-        raise RunDirError(Diagnostic(f"--resume: run directory {run_dir} does not exist",
-                                     hint="drop --resume to start a new run there"))
-    return claim(run_dir, resume)
+    return open_run(spec.name, run_dir, resume, latest_run_dir)
 
 
 def _spec_text(spec: Spec) -> str:

@@ -159,6 +159,25 @@ def latest_run_dir(name: str, root: str | os.PathLike = "runs") -> Path | None:
     return runs[-1] if runs else None
 
 
+def open_run(name: str, run_dir, resume: bool, latest=latest_run_dir) -> RunDir:
+    """The run directory for `kspec train`: `--run-dir` exactly, the latest run (`latest(name)`)
+    for `--resume` without one, or a new `runs/NAME/TIMESTAMP`."""
+    from ..errors import Diagnostic
+
+    if run_dir is None:
+        if resume:
+            run_dir = latest(name)
+            if run_dir is None:
+                raise RunDirError(Diagnostic(f"--resume: no earlier run of '{name}' under runs/{_safe(name)}/",
+                                             hint="name the run to continue with --run-dir DIR"))
+        else:
+            run_dir = default_run_dir(name)
+    elif resume and not Path(run_dir).is_dir():
+        raise RunDirError(Diagnostic(f"--resume: run directory {run_dir} does not exist",
+                                     hint="drop --resume to start a new run there"))
+    return claim(run_dir, resume)
+
+
 def claim(path: str | os.PathLike, resume: bool) -> RunDir:
     """Create (or, with resume, reopen) the run directory and check that it is writable.
 
