@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from compiler.errors import SpecError
 from compiler.spec.validate import load_spec
+from test_fuzz import get, paths   # the same tree walkers as the front-half fuzzer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("KSPEC_FUZZ_EXAMPLES", "40"))
@@ -208,22 +209,6 @@ VALUES = st.recursive(SMALL, lambda inner: st.one_of(st.lists(inner, max_size=3)
                                                                                       "x", "y"]), inner,
                                                                      max_size=2)),
                       max_leaves=4)
-
-
-def paths(tree, prefix=()):
-    yield prefix
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from paths(v, prefix + (k,))
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            yield from paths(v, prefix + (i,))
-
-
-def get(tree, path):
-    for step in path:
-        tree = tree[step]
-    return tree
 
 
 def layer_nodes(tree):
