@@ -230,9 +230,20 @@ def _oscillation(loss: list[float]) -> tuple[int, int, float] | None:
     changes = sum(1 for a, b in zip(signs, signs[1:]) if a != b)
     rel_rises = [d / abs(a) for a, d in zip(loss, diffs) if d > NOISE and a != 0]
     big = [r for r in rel_rises if r > JUMP]
+    if _still_improving(loss):   # noisy but converging (a small batch near zero loss): not too high
+        return None
     if changes >= 3 and changes >= 0.3 * (len(diffs) - 1) and len(big) >= max(2, 0.15 * len(diffs)):
         return len(rel_rises), changes, max(rel_rises)
     return None
+
+
+def _still_improving(loss: list[float]) -> bool:
+    """The last third of the run sits well below its first third (epoch 0 aside)."""
+    k = max(2, (len(loss) - 1) // 3)
+    if len(loss) < 2 * k + 1:
+        return False
+    first, last = sorted(loss[1:k + 1]), sorted(loss[-k:])
+    return last[len(last) // 2] < 0.5 * first[len(first) // 2]
 
 
 def _overfitting(history: Mapping[str, Sequence[float]], loss: list[float]) -> Finding | None:
