@@ -386,10 +386,14 @@ def test_compare_names_the_run_and_the_missing_file(two_runs, tmp_path, capsys):
 
 
 def test_noisy_but_converging_loss_is_not_called_too_high():
-    """A small-batch run near zero loss wobbles (0.015 -> 0.029 is +92%) while still converging."""
+    """The `make demo` run (iris, Adam 0.01, batch 16): near zero the loss wobbles (0.0357 -> 0.0687
+    is +92% in one epoch) while it keeps converging. Recorded from a real run."""
     from compiler.diagnose.curves import diagnose
 
-    loss = [0.95, 0.7, 0.5, 0.35, 0.25, 0.2, 0.15, 0.12, 0.1, 0.08] + [0.03, 0.015, 0.029, 0.018, 0.03,
-                                                                       0.016, 0.028, 0.017, 0.029, 0.02]
+    loss = [0.953, 0.677, 0.4745, 0.3761, 0.3159, 0.2833, 0.2432, 0.2048, 0.1795, 0.1368, 0.1159, 0.1041,
+            0.0813, 0.0837, 0.06, 0.0536, 0.0512, 0.0489, 0.0475, 0.0407, 0.0389, 0.043, 0.0412, 0.0363,
+            0.0439, 0.042, 0.035, 0.036, 0.0457, 0.0333, 0.05, 0.0421, 0.0357, 0.0687, 0.0501, 0.0387,
+            0.0351, 0.0351, 0.0341, 0.033, 0.0315, 0.0294, 0.0296, 0.0327, 0.0252, 0.0365, 0.0386, 0.0296,
+            0.026, 0.029]
     kinds = {f.kind for f in diagnose({"loss": loss})}
     assert not kinds & {"diverging", "oscillating", "stalled"}, kinds
