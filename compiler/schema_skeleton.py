@@ -68,6 +68,10 @@ def _one_key(key: str, value: dict, description: str, **properties) -> dict:
 _STR = {"type": "string"}
 _STRS = {"anyOf": [_STR, {"type": "array", "items": _STR}]}
 _FRACTION = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
+_TASK = {"description": "classification or regression (default: detected from the target), "
+                        "or output name -> task.",
+         "anyOf": [{"enum": ["classification", "regression"]},
+                   {"type": "object", "additionalProperties": {"enum": ["classification", "regression"]}}]}
 
 
 def _data(layer_names: list[str]) -> dict:
@@ -79,13 +83,15 @@ def _data(layer_names: list[str]) -> dict:
                  target={"description": "The target column(s).", **_STRS},
                  features={"description": "The feature columns (default: all but the target).",
                            "type": "array", "items": _STR},
-                 delimiter={"type": "string", "description": "Field separator (default `,`)."}),
+                 delimiter={"type": "string", "description": "Field separator (default `,`)."},
+                 task=_TASK),
         _one_key("npz", {"type": "string", "description": "Path of the .npz file (relative to the spec)."},
                  "A NumPy .npz archive with arrays `x` and `y` (or other keys).",
                  x={"description": "The input array key, or input name -> key for several inputs.",
                     "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
                  y={"description": "The target array key, or output name -> key for several outputs.",
-                    "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]}),
+                    "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
+                 task=_TASK),
         _one_key("images", {"type": "string", "description": "A folder with one sub-folder per class."},
                  "Image files, one sub-folder per class: `{images: photos/, size: [160, 160]}`.",
                  size={"description": "[height, width] the images are resized to.", "type": "array",
@@ -115,6 +121,10 @@ def _data(layer_names: list[str]) -> dict:
                        "seed": {"type": "integer", "description": "Seed of the shuffle before splitting "
                                                                   "(default: the spec's `seed`)."}},
                       description="Fractions of the (seeded, shuffled) data held out."),
+        "classes": {"description": "Keep only the examples of these classes (labels as the source gives "
+                               "them), numbered 0..k-1 in this order: `[5, 6, 7, 8, 9]`.",
+                    "type": "array", "minItems": 1, "uniqueItems": True,
+                    "items": {"type": ["string", "integer", "boolean"]}},
         "preprocess": {"description": "Steps applied to the inputs, in order (statistics from the training "
                                       "split only): standardize, log1p, one_hot, `{rescale: {scale: ...}}`.",
                        "type": "array", "items": preprocess_item},

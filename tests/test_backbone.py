@@ -201,7 +201,18 @@ def test_from_a_keras_file_and_a_run_directory(tmp_path):
     model = build(tmp_path, shape=(8, 8, 3), trainable="features", **{"from": "base.keras"})
     assert size(model.trainable_weights) == (6 * 6 * 4 * 5 + 5) + (5 * 3 + 3)
     text = error(tmp_path, shape=(8, 8, 3), **{"from": "run"})        # the parent of the runs
-    assert "no model.keras" in text and "20240101-000000" in text
+    assert "no model.keras" in text and "20240101-000000" in text and "run/latest` takes the newest" in text
+    # `latest`: the newest finished run (by its time-stamped name); a run still going has no model.keras
+    newer = keras.Sequential([keras.Input((8, 8, 3), name="pixels"), keras.layers.Flatten(name="flat")])
+    (tmp_path / "run" / "20240102-000000").mkdir()
+    newer.save(tmp_path / "run" / "20240102-000000" / "model.keras")
+    (tmp_path / "run" / "20240103-000000" / "checkpoints").mkdir(parents=True)
+    model = build(tmp_path, shape=(8, 8, 3), head=False, **{"from": "run/latest"})
+    assert model.output.shape == (None, 8 * 8 * 3)                # the 2024-01-02 run's Flatten
+    (tmp_path / "empty").mkdir()
+    text = error(tmp_path, shape=(8, 8, 3), **{"from": "empty/latest"})
+    assert "holds no finished run" in text and "(at model.layers[0].Backbone.from)" in text
+    assert "does not exist" in error(tmp_path, shape=(8, 8, 3), **{"from": "nowhere/latest"})
     assert "does not exist" in error(tmp_path, shape=(8, 8, 3), **{"from": "nothing.keras"})
 
 

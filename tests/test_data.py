@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from compiler.data import Arrays, Splits, check_labels, input_layers, load_splits, make_dataset, read_inputs
-from compiler.errors import DataError, KspecError, SpecError
+from compiler.errors import DataError, KspecError, Loc, SpecError
 from compiler.spec.types import Component, DataSpec, InputSpec, ModelSpec
 
 
@@ -398,6 +398,59 @@ def test_split_fractions_that_leave_nothing():
     with pytest.raises(DataError) as e:
         load_splits(spec("synthetic", {"name": "line", "n": 4}, validation=0.5, test=0.5), model({"x": (1,)}), 0)
     assert "no training examples" in message(e)
+
+
+# --------------------------------------------------------------------- classes
+
+def test_classes_keeps_and_renumbers_in_the_listed_order():
+    digits = load_splits(spec("sklearn", {"name": "digits"}), model({"x": (64,)}), 0).train
+    d = spec("sklearn", {"name": "digits"}, classes=("7", "5"), test=0.5)
+    s = load_splits(d, model({"x": (64,)}), 0)
+    assert s.class_names == {"y": ["7", "5"]}
+    x = np.concatenate([s.train.x["x"], s.test.x["x"]])
+    y = np.concatenate([s.train.y["y"], s.test.y["y"]])
+    origin = np.concatenate([s.train.origin, s.test.origin])
+    original = digits.y["y"][np.argsort(digits.origin)][origin]         # the label each example had
+    assert sorted(set(original)) == [5, 7] and len(y) == int(np.isin(digits.y["y"], [5, 7]).sum())
+    np.testing.assert_array_equal(y, np.where(original == 7, 0, 1))
+    np.testing.assert_array_equal(x, digits.x["x"][np.argsort(digits.origin)][origin])
+    assert abs(np.mean(s.test.y["y"]) - np.mean(s.train.y["y"])) < 0.02      # still stratified
+
+
+def test_classes_by_text_label_and_errors_name_the_example_of_the_file(tmp_path):
+    path = write_csv(tmp_path, "a,species\n1,cat\n2,dog\n3,eel\n4,dog\n")
+    d = spec("csv", {"path": path, "target": "species"}, classes=("eel", "dog"))
+    s = load_splits(d, model({"x": (1,)}), 0)
+    assert s.class_names == {"y": ["eel", "dog"]}
+    assert sorted(zip(s.train.x["x"][:, 0], s.train.y["y"])) == [(2.0, 1), (3.0, 0), (4.0, 1)]
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x=np.array([[0.0], [1.0], [np.nan]]), y=np.array([3, 1, 2]))
+    with pytest.raises(DataError) as e:
+        load_splits(spec("npz", {"path": str(npz)}, classes=("1", "2")), model({"x": (1,)}), 0)
+    assert "NaN at example 2 (counting from 0)" in message(e)       # the file's example 2, not the selection's 1
+    loc = Loc("spec.yaml", 5, 12)
+    with pytest.raises(DataError) as e:
+        load_splits(spec("csv", {"path": path, "target": "species"}, classes=("eel", "dgo"), classes_loc=loc),
+                    model({"x": (1,)}), 0)
+    assert message(e).startswith(f"spec.yaml:5:12: error: class 'dgo' is not in {path}; did you mean 'dog'? "
+                                 f"(its classes: cat, dog, eel) (at data.classes)")
+    with pytest.raises(DataError) as e:
+        load_splits(spec("synthetic", {"name": "line"}, classes=("1",)), model({"x": (1,)}), 0)
+    assert "`classes` selects examples by the class of one classification target" in message(e)
+
+
+def test_classes_in_a_spec_file_validate_and_reach_the_data_stage(tmp_path):
+    from compiler.spec.validate import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text("kspec: 1\ndata:\n  source: {sklearn: iris}\n  classes: [setosa, virginica]\n"
+                    "model:\n  inputs: {x: {shape: [4]}}\n  layers: [{Dense: {units: 2}}]\n")
+    data = load_spec(path).data
+    assert data.classes == ("setosa", "virginica") and data.classes_loc.line == 4
+    path.write_text(path.read_text().replace("[setosa, virginica]", "[]"))
+    with pytest.raises(SpecError) as e:
+        load_spec(path)
+    assert "s.yaml:4:12: error:" in str(e.value) and "(at data.classes)" in str(e.value)
 
 
 # --------------------------------------------------------------- preprocessing

@@ -10,7 +10,7 @@ A Backbone has exactly one source:
   `$KERAS_HOME/models/` or `~/.keras/models/`), null (random) or a local weights
   file; `include_top`, `pooling` and, where the application takes it, `alpha`.
 - `from`: a `.keras` file, or the run directory of an earlier `kspec train`
-  (it holds `model.keras`); loaded with `safe_mode` (default true: a model with
+  (it holds `model.keras`; `runs/NAME/latest` is the newest run of NAME); loaded with `safe_mode` (default true: a model with
   a Lambda layer is refused unless the spec says `safe_mode: false`).
 
 Then `cut_at` keeps the network up to that layer's output, `pooling` (for a
@@ -58,6 +58,7 @@ OPTIONS = ("application", "from", "weights", "include_top", "pooling", "cut_at",
 APPLICATION_ONLY = ("weights", "include_top", "alpha", "preprocess")
 POOLING = {"avg": "GlobalAveragePooling", "max": "GlobalMaxPooling"}
 RUN_MODEL = "model.keras"          # the model file of a `kspec train` run directory
+LATEST = "latest"                  # `from: runs/NAME/latest`: the newest run of NAME
 
 
 def apply_backbone(node: NodeSpec, tensor) -> tuple[keras.Model, Any]:
@@ -296,14 +297,28 @@ def _existing(node: NodeSpec, key: str, value: str, what: str) -> Path:
     return path
 
 
+def _latest_run(node: NodeSpec, value: str) -> Path:
+    """`runs/NAME/latest`: the newest run under runs/NAME that saved a model (run folders are
+    named by their start time, so the last in name order is the newest)."""
+    parent = _existing(node, "from", str(Path(value).parent), "folder")
+    runs = sorted(p.parent for p in parent.glob(f"*/{RUN_MODEL}"))
+    if not runs:
+        raise _error(node, f"Backbone '{node.name}': {value!r}: {parent} holds no finished run (no "
+                           f"*/{RUN_MODEL})", key="from",
+                     hint="train the model this Backbone reuses first, with `kspec train`")
+    return runs[-1]
+
+
 def _load(node: NodeSpec, args: dict) -> keras.Model:
     value = str(args["from"])
-    path = _existing(node, "from", value, "file")
+    latest = Path(value).name == LATEST and not relative_to(node.loc, os.path.expanduser(value)).exists()
+    path = _latest_run(node, value) if latest else _existing(node, "from", value, "file")
     if path.is_dir():
         model_file = path / RUN_MODEL
         if not model_file.is_file():
             runs = sorted(path.glob(f"*/{RUN_MODEL}"), reverse=True)
-            hint = (f"it holds runs: {', '.join(str(r.parent) for r in runs[:3])}" if runs
+            hint = (f"it holds runs: {', '.join(str(r.parent) for r in runs[:3])}; "
+                    f"`{os.path.join(value, LATEST)}` takes the newest" if runs
                     else "give a .keras file, or the directory of one run of `kspec train`")
             raise _error(node, f"Backbone '{node.name}': the directory {path} is not a run directory: it "
                                f"has no {RUN_MODEL}", key="from", hint=hint)

@@ -7,7 +7,7 @@
     check_labels  class labels vs the output layer's units (the builder knows those)
 
 Flow inside `load_splits`: sources (file / generator -> Table keyed by model
-names) -> bind (reshape, shape/dtype/NaN checks) -> target preprocessing
+names) -> `classes` selection -> bind (reshape, shape/dtype/NaN checks) -> target preprocessing
 (`one_hot`) -> split. Importing this package does not import TensorFlow or
 Keras (`kspec validate` stays instant); the functions that need them import
 them when called.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..spec.types import DataSpec, ModelSpec
 from .bind import bind
+from .classes import keep_classes
 from .inputs import read_inputs
 from .pipeline import make_dataset
 from .preprocess import check_steps, encode_targets, input_layers
@@ -29,7 +30,7 @@ def load_splits(data: DataSpec, model: ModelSpec, seed: int) -> Splits:
     (or by `data.split_seed` when the spec sets `split: {seed: N}`)."""
     seed = data.split_seed if data.split_seed is not None else seed
     check_steps(data)
-    table = bind(load_table(data, model, seed), data, model)
+    table = bind(keep_classes(load_table(data, model, seed), data), data, model)
     return split_table(encode_targets(table, data), data, seed)
 
 

@@ -117,7 +117,8 @@ def _check_finite(array: np.ndarray, what: str, table: Table, data: DataSpec) ->
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         kind = "NaN" if np.isnan(array[i]).any() else "an infinite value"
-        raise _error(table, data, f"{what} has {kind} at example {i} (counting from 0) in {table.source}",
+        row = int(table.rows[i]) if table.rows is not None else i       # its position in the file
+        raise _error(table, data, f"{what} has {kind} at example {row} (counting from 0) in {table.source}",
                      hint="missing values are not allowed; fill or drop them")
 
 

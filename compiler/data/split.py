@@ -60,7 +60,7 @@ class Splits:
 def split_table(table: Table, data: DataSpec, seed: int) -> Splits:
     """Shuffle with `seed`, hold out `test` then `validation` (fractions of the whole data set)."""
     n = len(Arrays(table.x, table.y))
-    everything = Arrays(table.x, table.y, np.arange(n))
+    everything = Arrays(table.x, table.y, table.rows if table.rows is not None else np.arange(n))
     n_test, n_val = _count(data.test, n), _count(data.validation, n)
     if data.test < 0 or data.validation < 0 or n - n_test - n_val < 1:
         raise DataError(Diagnostic(

@@ -36,6 +36,7 @@ class Table:
     y_from: dict[str, str] = field(default_factory=dict)   # output -> "column 'species'"
     file: str | None = None                     # the file errors point at, when there is one
     lines: tuple[int, ...] | None = None        # the file line of each example (CSV), for errors
+    rows: np.ndarray | None = None              # each example's position in the source (None: 0..n-1)
 
 
 def source_error(data: DataSpec, message: str, hint: str = "") -> DataError:

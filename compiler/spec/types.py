@@ -83,6 +83,8 @@ class DataSpec:
     params are already made absolute against the spec file's folder.
     `preprocess` and `augment` are Components of kind "preprocess"/"augment"
     (`standardize`, `log1p`, `{rescale: {scale: 0.0039}}`, `{RandomFlip: {...}}`).
+    `classes` (`[5, 6, 7, 8, 9]`) keeps the examples of those classes only, as
+    class names (the source's labels, as text).
     """
 
     source: str
@@ -94,7 +96,9 @@ class DataSpec:
     reshape: tuple[int, ...] | None = None
     preprocess: tuple[Component, ...] = ()
     augment: tuple[Component, ...] = ()
+    classes: tuple[str, ...] | None = None   # keep only these classes, renumbered 0..k-1 in this order
     loc: Loc | None = None
+    classes_loc: Loc | None = None
 
 
 @dataclass(frozen=True)

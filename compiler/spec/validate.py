@@ -340,7 +340,9 @@ def _data(data: Map) -> DataSpec:
                        for i, p in enumerate(data.get("preprocess") or []))
     augment = tuple(_component("augment", a, data["augment"], i) for i, a in enumerate(data.get("augment") or []))
     reshape = data.get("reshape")
+    classes = data.get("classes")
     return DataSpec(source=kind, params=params, validation=float(split.get("validation", 0.0)),
                     test=float(split.get("test", 0.0)), stratify=split.get("stratify"), split_seed=split.get("seed"),
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
-                    loc=data.loc)
+                    classes=tuple(str(c) for c in classes) if classes is not None else None,
+                    loc=data.loc, classes_loc=data.value_loc("classes") if classes is not None else None)
