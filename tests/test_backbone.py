@@ -360,3 +360,27 @@ def test_yaml_spec_builds_and_kspec_build_runs(tmp_path, kspec):
     assert (tmp_path / "out.keras").is_file()
     loaded = keras.saving.load_model(tmp_path / "out.keras")
     assert size(loaded.trainable_weights) == HEAD
+
+
+def test_paths_are_relative_to_where_they_are_written(tmp_path, monkeypatch):
+    """`from` and a weights file: relative to the spec (or block file) that names them, and to the
+    working directory when given with --set, like data paths."""
+    from compiler.spec.validate import load_spec
+
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "trunk.yaml").write_text(
+        "blocks:\n  trunk:\n    layers:\n      - Backbone: {from: ../models/trunk.keras, cut_at: flat}\n")
+    path = tmp_path / "specs" / "s.yaml"
+    path.write_text("kspec: 1\nmodel:\n  inputs: {x: {shape: [8, 8, 3]}}\n"
+                    "  blocks: {include: [../blocks/trunk.yaml]}\n"
+                    "  layers:\n    - Backbone: {from: ../runs/a/latest}\n    - trunk: {}\n"
+                    "    - Backbone: {application: MobileNetV2, weights: w.h5}\n      inputs: [x]\n"
+                    "    - Backbone: {application: MobileNetV2, weights: imagenet}\n      inputs: [x]\n")
+    args = [n.args for n in load_spec(path).model.nodes if n.layer == "Backbone"]
+    assert args[0]["from"] == str(tmp_path / "runs" / "a" / "latest")
+    assert args[1]["from"] == str(tmp_path / "models" / "trunk.keras")
+    assert args[2]["weights"] == str(tmp_path / "specs" / "w.h5") and args[3]["weights"] == "imagenet"
+    monkeypatch.chdir(tmp_path)
+    node = load_spec(path, ["model.layers[0].Backbone.from=elsewhere/run"]).model.nodes[0]
+    assert node.args["from"] == str(tmp_path / "elsewhere" / "run")

@@ -35,6 +35,19 @@ QUICK = {
 }
 
 
+# digits_transfer.yaml reuses the trunk of a digits_pretrain.yaml run (`from: ../runs/...`); the
+# tests point it at the run the `pretrained` fixture makes.
+TRUNK_FROM = "model.layers[0].Backbone.from"
+
+
+def quick(path: Path, request) -> list[str]:
+    """The overrides that make `path` trainable in a test (see QUICK)."""
+    sets = list(QUICK.get(path.stem, []))
+    if path.stem == "digits_transfer":
+        sets.append(f"{TRUNK_FROM}={request.getfixturevalue('pretrained')}")
+    return sets
+
+
 def load(path: Path, overrides=()):
     from compiler.spec.validate import load_spec
 
@@ -45,7 +58,7 @@ def test_the_examples_are_there():
     expected = {"iris_mlp", "digits_cnn", "iris_base", "iris_lr_high", "iris_lr_good", "iris_lr_low", "line",
                 "sort", "parity", "deep_plain", "deep_residual", "deep_batchnorm", "overfit_nodropout",
                 "overfit_dropout", "lstm_nobias", "lstm_forget_bias", "autoencoder",
-                "multitask", "ensemble"}
+                "multitask", "ensemble", "digits_pretrain", "digits_scratch", "digits_transfer"}
     assert expected <= set(NAMES), sorted(expected - set(NAMES))
 
 
@@ -59,10 +72,10 @@ def test_example_validates(path):
 
 
 @pytest.mark.parametrize("path", SPECS, ids=NAMES)
-def test_example_builds(path):
+def test_example_builds(path, request):
     from compiler.build import build_model, compile_model
 
-    spec = load(path)
+    spec = load(path, [o for o in quick(path, request) if o.startswith(TRUNK_FROM)])
     model = build_model(spec.model, spec.name)
     compile_model(model, spec.train, spec.model)
     assert model.count_params() > 0
@@ -74,14 +87,15 @@ SLOW_TO_TRAIN = {"ensemble"}
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_TO_TRAIN else p
                                   for p in SPECS], ids=NAMES)
-def test_example_trains(path, tmp_path):
+def test_example_trains(path, tmp_path, request):
     from compiler.train import train
 
-    spec = load(path, ["train.epochs=1", *QUICK.get(path.stem, [])])
+    spec = load(path, ["train.epochs=1", *quick(path, request)])
     run = train(spec, run_dir=tmp_path / "run", verbose=0)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {"train", "validation"} <= set(metrics)
-    assert all(np.isfinite(v) for section in ("train", "validation") for v in metrics[section].values())
+    held_out = "validation" if spec.data.validation else "test"
+    assert {"train", held_out} <= set(metrics)
+    assert all(np.isfinite(v) for section in ("train", held_out) for v in metrics[section].values())
     assert (run / "model.keras").is_file()
 
 
@@ -108,6 +122,54 @@ def test_the_table_script_names_only_real_examples():
     table = readme.split("<!-- table:start -->")[1].split("<!-- table:end -->")[0]
     for experiment in module.EXPERIMENTS:
         assert f"`{experiment.spec}`" in table, f"{experiment.spec} has no row in examples/README.md"
+
+
+# -- transfer learning: digits 0-4 -> 5-9 ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """digits_pretrain.yaml trained as written (about 10 s): the run digits_transfer.yaml reuses."""
+    from compiler.train import train
+
+    return train(load(EXAMPLES / "digits_pretrain.yaml"), run_dir=tmp_path_factory.mktemp("pretrain") / "run",
+                 verbose=0)
+
+
+def test_transfer_beats_training_from_scratch_with_the_trunk_unchanged(pretrained, tmp_path):
+    """The issue's whole journey, as the examples are written: the trunk pretrained on the digits 0-4,
+    frozen, learns the digits 5-9 from a few dozen images better than the same network from scratch."""
+    import keras
+
+    import compiler.layers  # noqa: F401
+    from compiler.data import load_splits
+    from compiler.train import train
+
+    pretrain = load(EXAMPLES / "digits_pretrain.yaml")
+    transfer = load(EXAMPLES / "digits_transfer.yaml", [f"{TRUNK_FROM}={pretrained}"])
+    scratch = load(EXAMPLES / "digits_scratch.yaml")
+    seen = load_splits(pretrain.data, pretrain.model, pretrain.seed)
+    new = load_splits(transfer.data, transfer.model, transfer.seed)
+    assert seen.class_names == {"digit": ["0", "1", "2", "3", "4"]}
+    assert new.class_names == {"digit": ["5", "6", "7", "8", "9"]}       # disjoint: no test image was seen
+    assert 20 <= len(new.train) <= 40 and len(new.test) > 800              # a few dozen labelled images
+    baseline = load_splits(scratch.data, scratch.model, scratch.seed)
+    np.testing.assert_array_equal(new.test.origin, baseline.test.origin)  # both judged on the same images
+    np.testing.assert_array_equal(new.train.origin, baseline.train.origin)
+
+    transfer_run = train(transfer, run_dir=tmp_path / "transfer", verbose=0)
+    scratch_run = train(scratch, run_dir=tmp_path / "scratch", verbose=0)
+    accuracy = {name: json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
+                for name, run in [("transfer", transfer_run), ("scratch", scratch_run)]}
+    assert accuracy["transfer"] > accuracy["scratch"], accuracy
+
+    trunk = keras.saving.load_model(transfer_run / "model.keras").get_layer("trunk")
+    original = keras.saving.load_model(pretrained / "model.keras")
+    checked = []
+    for layer in trunk.layers:
+        for after, before in zip(layer.weights, original.get_layer(layer.name).weights, strict=True):
+            np.testing.assert_array_equal(after.numpy(), before.numpy(), err_msg=after.path)
+            checked.append(after.path)
+    assert len(checked) == 8 and sum("moving_mean" in p for p in checked) == 2, checked   # 2 convs + 2 BNs
 
 
 # -- ensembles ---------------------------------------------------------------------------------

@@ -291,8 +291,7 @@ def _download_error(node: NodeSpec, described: str, exc: _DownloadFailed) -> Spe
 def _existing(node: NodeSpec, key: str, value: str, what: str) -> Path:
     path = relative_to(node.loc, os.path.expanduser(value))
     if not path.exists():
-        raise _error(node, f"Backbone '{node.name}': the {what} {value!r} does not exist (looked for "
-                           f"{path.resolve()})", key=key,
+        raise _error(node, f"Backbone '{node.name}': the {what} {path.resolve()} does not exist", key=key,
                      hint="paths are relative to the folder of the spec file")
     return path
 

@@ -10,6 +10,7 @@ The result is the typed `Spec` every later stage reads.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,8 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
                 shares = origin["__origin"]
         else:
             args = plain(item[kind]) or {}
+            if kind == "Backbone" and isinstance(item[kind], Map):
+                args = _backbone_paths(item[kind], args)
         record = {"__layer": kind, "__args": args, "__origin": shares or item["name"]}
         by_name[item["name"]] = record
         nodes.append(NodeSpec(item["name"], kind, args, tuple(refs), item.loc, where, item.via, shares))
@@ -326,6 +329,17 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
         memory_growth=train.get("memory_growth", "auto"),
         steps_per_execution=int(train.get("steps_per_execution", 1)), ensemble=int(train.get("ensemble", 1)), diagnostics=plain(train.get("diagnostics")) or {},
         loc=train.loc)
+
+
+def _backbone_paths(written: Map, args: dict) -> dict:
+    """A Backbone's `from` and weights file made absolute against the file each was written in
+    (a template's folder, or the working directory for a --set override), like data paths."""
+    args = dict(args)
+    for key in ("from", "weights"):
+        value = args.get(key)
+        if isinstance(value, str) and value != "imagenet":
+            args[key] = os.path.abspath(relative_to(written.value_loc(key), os.path.expanduser(value)))
+    return args
 
 
 def _data(data: Map) -> DataSpec:
