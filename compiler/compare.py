@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,9 +58,11 @@ def compare_runs(runs: Sequence[str | os.PathLike], output: str | os.PathLike = 
 
 
 def run_labels(paths: Sequence[Path]) -> list[str]:
-    """The shortest trailing part of each path that tells the runs apart (`iris/20240101-120000`, or `a`)."""
+    """The shortest trailing part of each path that tells the runs apart (`iris/20240101-120000`, or `a`);
+    a time-stamped run folder (`runs/NAME/TIME`) keeps its NAME."""
     parts = [Path(os.path.abspath(p)).parts for p in paths]
-    for depth in range(1, max(len(p) for p in parts) + 1):
+    stamped = any(re.fullmatch(r"\d{8}-\d{6}(-\d+)?", p[-1]) for p in parts if p)
+    for depth in range(2 if stamped else 1, max(len(p) for p in parts) + 1):
         labels = ["/".join(p[-depth:]) for p in parts]
         if len(set(labels)) == len(labels):
             return labels

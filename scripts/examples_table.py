@@ -235,6 +235,22 @@ def ensemble(run: Run) -> str:
             f"({_f(min(losses), 3)}–{_f(max(losses), 3)})")
 
 
+def few_labels(run: Run) -> str:
+    sizes = json.loads((run.path / "data.json").read_text())["sizes"]
+    return (f"test accuracy {_f(run.metrics['test']['accuracy'], 3)} on {sizes['test']} held-out images of "
+            f"the digits 5-9, from {sizes['train']} labelled ones")
+
+
+def transfer(run: Run) -> str:
+    """The accuracy, and whether the frozen trunk came out of training exactly as pretrained."""
+    trunk = run.model().get_layer("trunk")
+    pretrained = Run(RUNS / "digits_pretrain", "digits_pretrain.yaml", []).model()
+    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for layer in trunk.layers
+               for a, b in zip(layer.weights, pretrained.get_layer(layer.name).weights))
+    frozen = sum(int(np.prod(w.shape)) for w in trunk.weights)
+    return f"{few_labels(run)}; the trunk's {frozen} weights {'unchanged' if same else 'CHANGED'} by training"
+
+
 @dataclass
 class Experiment:
     key: str
@@ -273,6 +289,12 @@ EXPERIMENTS = [
     Experiment("multitask", "multitask.yaml", "shared trunk, two heads: digit class + ink intensity",
                multitask),
     Experiment("ensemble", "ensemble.yaml", "10 MLPs (seeds 0..9) averaged vs its members", ensemble),
+    Experiment("digits_pretrain", "digits_pretrain.yaml", "transfer, step 1: a convnet on the digits 0-4",
+               simple_accuracy),
+    Experiment("digits_scratch", "digits_scratch.yaml", "transfer, step 2: the digits 5-9 from few images, "
+               "from scratch", few_labels),
+    Experiment("digits_transfer", "digits_transfer.yaml", "transfer, step 3: the same images on step 1's "
+               "frozen trunk", transfer, ["model.layers[0].Backbone.from=runs/examples/digits_pretrain"]),
 ]
 
 

@@ -6,9 +6,10 @@
 
 Trains examples/digits_pretrain.yaml once (digits 0-4), then, for each held-out fraction of the
 digits 5-9 and each seed (the seed also draws the split, so each seed labels different images),
-examples/digits_scratch.yaml and examples/digits_transfer.yaml on the same images, and prints a
-Markdown table of their test accuracies: mean, and the range over the seeds. Nothing is tuned:
-the specs run as written, with only `data.split.test` and `seed` overridden.
+examples/digits_scratch.yaml and examples/digits_transfer.yaml on the same images, and writes a
+Markdown table of their test accuracies (mean, and the range over the seeds) into README.md
+between `<!-- transfer:start -->` and `<!-- transfer:end -->`. Nothing is tuned: the specs run
+as written, with only `data.split.test` and `seed` overridden.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
+START, END = "<!-- transfer:start -->", "<!-- transfer:end -->"
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -62,8 +65,17 @@ def main() -> None:
                       f"transfer {found['transfer'][-1]:.3f}", file=sys.stderr)
             cells = [f"{statistics.mean(v):.3f} ({min(v):.3f}–{max(v):.3f})" for v in found.values()]
             rows.append(f"| {n_train} | {cells[0]} | {cells[1]} |")
-        print(f"test accuracy on the held-out digits 5-9, mean (min–max) over {args.seeds} seeds")
-        print("\n".join(rows))
+    text = (f"Test accuracy on the held-out digits 5-9, mean (min–max) over {args.seeds} seeds (each seed draws "
+            f"other labelled images), written by `scripts/transfer_sweep.py`:\n\n" + "\n".join(rows))
+    print(text)
+    write_readme(text)
+
+
+def write_readme(text: str) -> None:
+    readme = README.read_text()
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -397,3 +397,12 @@ def test_noisy_but_converging_loss_is_not_called_too_high():
             0.026, 0.029]
     kinds = {f.kind for f in diagnose({"loss": loss})}
     assert not kinds & {"diverging", "oscillating", "stalled"}, kinds
+
+
+def test_compare_labels_time_stamped_runs_with_their_name():
+    from compiler.compare import run_labels
+
+    assert run_labels([Path("runs/digits-scratch/20261122-071208"), Path("runs/digits-transfer/20261122-071149")]) \
+        == ["digits-scratch/20261122-071208", "digits-transfer/20261122-071149"]
+    assert run_labels([Path("x/a"), Path("x/b")]) == ["a", "b"]
+    assert run_labels([Path("a/run"), Path("b/run")]) == ["a/run", "b/run"]

@@ -171,6 +171,13 @@ def test_transfer_beats_training_from_scratch_with_the_trunk_unchanged(pretraine
             checked.append(after.path)
     assert len(checked) == 8 and sum("moving_mean" in p for p in checked) == 2, checked   # 2 convs + 2 BNs
 
+    # The run speaks the digits' own names: evaluating on the raw labels 5-9 gives the same accuracy.
+    from compiler.train.evaluate import evaluate_run
+
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, x=new.test.x["pixels"], y=np.array(new.class_names["digit"]).astype(int)[new.test.y["digit"]])
+    assert evaluate_run(transfer_run, str(raw), verbose=False)["accuracy"] == pytest.approx(accuracy["transfer"], abs=1e-6)
+
 
 # -- ensembles ---------------------------------------------------------------------------------
 
