@@ -248,7 +248,7 @@ def transfer(run: Run) -> str:
     same = all(np.array_equal(np.asarray(a), np.asarray(b)) for layer in trunk.layers
                for a, b in zip(layer.weights, pretrained.get_layer(layer.name).weights))
     frozen = sum(int(np.prod(w.shape)) for w in trunk.weights)
-    return f"{few_labels(run)}; the trunk's {frozen} weights {'unchanged' if same else 'CHANGED'} by training"
+    return f"{few_labels(run)}; the trunk's {frozen:,} parameters {'unchanged' if same else 'CHANGED'} by training"
 
 
 @dataclass
