@@ -128,10 +128,15 @@ def cmd_train(args) -> int:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, distribute="multi_worker")) \
             if spec.train is not None else spec
         workers = 1
+    splits = None
+    if spec.data is not None and spec.train is not None:
+        from .data import load_splits
+
+        splits = load_splits(spec.data, spec.model, spec.seed)     # bad data fails before TensorFlow loads
     import_tensorflow()
     from .train import train
 
-    train(spec, run_dir=args.run_dir, resume=args.resume, workers=workers, verbose=args.verbose)
+    train(spec, run_dir=args.run_dir, resume=args.resume, workers=workers, verbose=args.verbose, splits=splits)
     return 0
 
 

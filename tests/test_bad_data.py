@@ -198,10 +198,13 @@ def outcome(tmp_path_factory):
                              timeout=TIMEOUT, env=env())
 
         with ThreadPoolExecutor(PARALLEL) as pool:
-            into = pool.submit(kspec, "train", specs["csv_nan"], "--run-dir", earlier, "--verbose", "0")
+            into = pool.submit(kspec, "train", specs["good"], "--run-dir", earlier, "--verbose", "0")
+            bad_into = pool.submit(procs.run, ["train", specs["csv_nan"], "--run-dir", earlier, "--verbose", "0"],
+                                   timeout=TIMEOUT, env=env())
             futures = {name: pool.submit(bad, name) for name in cases if name != "good"}
             results = {name: f.result() for name, f in futures.items()}
             results["into_earlier"] = into.result()
+            results["bad_into_earlier"] = bad_into.result()
     finally:
         procs.close()
     return {"dir": d, "cases": cases, "results": results, "earlier": earlier, "before": before}
@@ -223,7 +226,27 @@ def test_bad_data_is_a_clear_exit_2(outcome, case):
 
 
 def test_earlier_run_is_untouched(outcome):
+    """A new run into a finished run's directory is refused; bad data aimed at it fails on the data
+    (read before the run directory is claimed); either way not a byte of the earlier run changes."""
     into = outcome["results"]["into_earlier"]
     assert into.returncode == 2 and "holds an earlier run; nothing in it was changed" in into.stderr, into.stderr
-    assert "Traceback" not in into.stderr
+    bad = outcome["results"]["bad_into_earlier"]
+    assert bad.returncode == 2 and "column 'petal_length' is missing ('nan') on line 8" in bad.stderr, bad.stderr
+    assert "Traceback" not in into.stderr + bad.stderr
     assert snapshot(outcome["earlier"]) == outcome["before"]
+
+
+def test_bad_data_is_found_before_tensorflow_starts(tmp_path):
+    """`kspec train` reads the data before it imports TensorFlow: a data mistake costs a second, not
+    TensorFlow's start-up, and leaves no run directory behind."""
+    rows = ["a,b,c,d,species"] + [f"{i},1,2,3,{i % 3}" for i in range(10)] + ["1,,2,3,0"]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "s.yaml").write_text(CSV_SPEC % {"csv": "d.csv", "target": "species"})
+    code = ("import sys; from compiler.cli import main; "
+            f"rc = main(['train', {str(tmp_path / 's.yaml')!r}, '--run-dir', {str(tmp_path / 'run')!r}]); "
+            "print('exit', rc, 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.stdout.split() == ["exit", "2", "False"], done.stdout + done.stderr
+    assert "d.csv:12:" in done.stderr and "column 'b'" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

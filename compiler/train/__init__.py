@@ -1,6 +1,6 @@
 """The train stage: a validated Spec -> a trained model and a complete, resumable run directory.
 
-    train(spec, run_dir=None, resume=False, workers=1, verbose=None) -> Path   (run.py)
+    train(spec, run_dir=None, resume=False, workers=1, verbose=None, splits=None) -> Path   (run.py)
     evaluate.evaluate_run(run, data=None)                                      (evaluate.py)
     predict.predict_run(run, input, output=None)                               (predict.py)
     rundir.atomic_save_model(model, path)                                      (rundir.py)
@@ -18,13 +18,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __all__ = ["train"]
 
 
-def train(spec, run_dir=None, resume=False, workers=1, verbose=None):
+def train(spec, run_dir=None, resume=False, workers=1, verbose=None, splits=None):
     """Train `spec` into a run directory and return its path (see compiler.train.run.train;
     `train.ensemble: N > 1`: compiler.train.ensemble.train_ensemble)."""
     if spec.train is not None and spec.train.ensemble > 1:
         from .ensemble import train_ensemble
 
-        return train_ensemble(spec, run_dir=run_dir, resume=resume, workers=workers, verbose=verbose)
+        return train_ensemble(spec, run_dir=run_dir, resume=resume, workers=workers, verbose=verbose,
+                              splits=splits)
     from .run import train as _train
 
-    return _train(spec, run_dir=run_dir, resume=resume, workers=workers, verbose=verbose)
+    return _train(spec, run_dir=run_dir, resume=resume, workers=workers, verbose=verbose, splits=splits)

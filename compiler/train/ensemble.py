@@ -77,8 +77,9 @@ def member_spec(spec: Spec, i: int) -> Spec:
 
 
 def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int = 1,
-                   verbose: int | None = None) -> Path:
-    """Train `spec.train.ensemble` members into RUN/members/, then save and evaluate their average."""
+                   verbose: int | None = None, splits=None) -> Path:
+    """Train `spec.train.ensemble` members into RUN/members/, then save and evaluate their average.
+    The members share one split of the data (`member_spec`), loaded once (or given as `splits`)."""
     from . import run as run_module
 
     run_module.check_workers(workers)
@@ -90,6 +91,10 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
     count = int(spec.train.ensemble)
+    if splits is None:
+        from ..data import load_splits
+
+        splits = load_splits(spec.data, spec.model, spec.seed)      # bad data fails before a run exists
     run = _open(spec, run_dir, resume)
     _write_spec(run, spec, resume)
 
@@ -108,7 +113,7 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
             again = directory.is_dir() and RunDir(directory).has_run()
             _clear_session()
             run_module.train(member_spec(spec, i), run_dir=directory, resume=again, workers=workers,
-                             verbose=verbose)
+                             verbose=verbose, splits=splits)
     except (SpecError, DataError, RunDirError):
         # A wrong spec or data, found before any member trained: leave no half-made run behind
         # (as run.py does), so the corrected spec can use the same --run-dir.
@@ -116,7 +121,7 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
             discard(run)
         raise
 
-    return _finish(spec, run, member_dirs, verbose, started)
+    return _finish(spec, run, member_dirs, verbose, started, splits)
 
 
 def _check_single_process(spec: Spec) -> None:
@@ -208,13 +213,13 @@ def _model_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "ensemble"
 
 
-def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, started: float) -> Path:
+def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, started: float, splits) -> Path:
     import keras
 
     import compiler.layers  # noqa: F401  (kspec's own layers, for loading the members)
 
     from ..build import compile_model
-    from ..data import load_splits, make_dataset
+    from ..data import make_dataset
 
     _clear_session()
     members = [keras.saving.load_model(d / MODEL) for d in member_dirs]
@@ -233,7 +238,6 @@ def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, star
     except Exception:       # a summary is a convenience, never a reason to fail a run
         pass
 
-    splits = load_splits(spec.data, spec.model, spec.seed)
     ensemble = {}
     for name, part in splits.splits().items():
         ds = make_dataset(part, spec.train.batch_size, shuffle=False, seed=spec.seed)

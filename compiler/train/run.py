@@ -51,6 +51,7 @@ import numpy as np
 import yaml
 
 from ..errors import DataError, Diagnostic, KspecError, SpecError, TrainingError
+from ..data.split import Splits
 from ..spec.types import Component, PhaseSpec, Spec
 from . import history as history_io
 from .rundir import (RunDir, RunDirError, atomic_save_model, atomic_write_json, atomic_write_text, claim,
@@ -72,8 +73,12 @@ def check_workers(workers: int) -> None:
 
 
 def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = False, workers: int = 1,
-          verbose: int | None = None) -> Path:
-    """Train `spec`; return the run directory. Raises SpecError/DataError (exit 2), TrainingError (exit 1)."""
+          verbose: int | None = None, splits: Splits | None = None) -> Path:
+    """Train `spec`; return the run directory. Raises SpecError/DataError (exit 2), TrainingError (exit 1).
+
+    `splits`: the spec's data, when the caller has loaded it already (`kspec train` does, before
+    TensorFlow starts, so that bad data is reported in a second rather than after TF's start-up).
+    """
     check_workers(workers)
     if spec.data is None:
         raise SpecError(Diagnostic("the spec has no `data` section, so there is nothing to train on",
@@ -88,10 +93,10 @@ def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = F
 
     plan = distribution_plan(spec.train)
     if not plan.is_chief:
-        return _train_worker(spec, run_dir, resume, verbose, started, plan)
+        return _train_worker(spec, run_dir, resume, verbose, started, plan, splits)
     run = _open_run(spec, run_dir, resume)
     try:
-        return _train(spec, run, resume, verbose, started, plan)
+        return _train(spec, run, resume, verbose, started, plan, splits)
     except (SpecError, DataError, RunDirError):
         # Wrong input found before any training: leave no half-made run behind, so that the
         # corrected spec can be run with the same --run-dir.
@@ -100,7 +105,8 @@ def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = F
         raise
 
 
-def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: float, plan) -> Path:
+def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: float, plan,
+                  splits: Splits | None) -> Path:
     """A multi-worker run's other workers (not the chief): the very same training, every file written to
     a temporary directory that is deleted at the end (the chief alone writes the run directory). Saving
     a model reads its variables, which may take collective ops; so every worker must save as the chief
@@ -114,7 +120,7 @@ def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: floa
         if resume:
             _copy_run(RunDir(_chief_run_dir(spec, run_dir)), RunDir(scratch / "run"))
         run = claim(scratch / "run", resume=resume)
-        _train(spec, run, resume, 0, started, plan)
+        _train(spec, run, resume, 0, started, plan, splits)
         _say(verbose, f"worker {plan.rank} of {plan.workers}: done (the chief, worker 0, wrote the run directory)")
         return Path(run_dir) if run_dir is not None else run.path
     finally:
@@ -148,7 +154,8 @@ def _copy_run(source: RunDir, target: RunDir) -> None:
             shutil.copyfile(src, dst)
 
 
-def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, plan) -> Path:
+def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, plan,
+           splits: Splits | None = None) -> Path:
     state = run.read_state() if resume else None
     phases = _phases(spec)
     if state is not None and _finished(state, phases):
@@ -172,17 +179,18 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, 
     if distribution.replicas > 1 or distribution.mode == "multi_worker":
         _say(verbose, distribution.describe(spec.train.batch_size))
     with distribution.strategy.scope():
-        return _train_in_scope(spec, run, state, phases, verbose, started, distribution)
+        return _train_in_scope(spec, run, state, phases, verbose, started, distribution, splits)
 
 
 def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose: int, started: float,
-                    distribution) -> Path:
+                    distribution, splits: Splits | None) -> Path:
     """Data, model, fit, evaluate: everything that creates or reads variables, inside the strategy's scope."""
     import keras
 
     from ..data import check_labels, input_layers, load_splits, make_dataset
 
-    splits = load_splits(spec.data, spec.model, spec.seed)
+    if splits is None:
+        splits = load_splits(spec.data, spec.model, spec.seed)
     _write_data_info(run, splits, spec)
     if splits.validation is None and spec.train.monitor.startswith("val_"):
         monitor = spec.train.monitor.removeprefix("val_")
