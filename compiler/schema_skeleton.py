@@ -241,7 +241,8 @@ def _backbone() -> dict:
     schema = _obj({
         "application": _APPLICATION,
         "from": {"type": "string", "description": "A .keras file or the run directory of an earlier `kspec train` "
-                                                  "(relative to the spec file)."},
+                                                  "(relative to the spec file); `runs/NAME/latest`: the newest "
+                                                  "finished run of NAME."},
         "weights": {"description": "`imagenet` (default; Keras's download cache), null (random) or a local "
                                    "weights file (.h5 / .weights.h5, relative to the spec file).",
                     "type": ["string", "null"]},
