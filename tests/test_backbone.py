@@ -211,8 +211,10 @@ def test_from_a_keras_file_and_a_run_directory(tmp_path):
     assert model.output.shape == (None, 8 * 8 * 3)                # the 2024-01-02 run's Flatten
     (tmp_path / "empty").mkdir()
     text = error(tmp_path, shape=(8, 8, 3), **{"from": "empty/latest"})
-    assert "holds no finished run" in text and "(at model.layers[0].Backbone.from)" in text
-    assert "does not exist" in error(tmp_path, shape=(8, 8, 3), **{"from": "nowhere/latest"})
+    assert f"`latest` is the newest run in {tmp_path / 'empty'}, which holds no finished run" in text
+    assert "(at model.layers[0].Backbone.from)" in text and "hint: train the model this Backbone reuses" in text
+    text = error(tmp_path, shape=(8, 8, 3), **{"from": "nowhere/latest"})
+    assert f"{tmp_path / 'nowhere'}, which does not exist" in text
     assert "does not exist" in error(tmp_path, shape=(8, 8, 3), **{"from": "nothing.keras"})
 
 

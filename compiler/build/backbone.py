@@ -299,12 +299,13 @@ def _existing(node: NodeSpec, key: str, value: str, what: str) -> Path:
 def _latest_run(node: NodeSpec, value: str) -> Path:
     """`runs/NAME/latest`: the newest run under runs/NAME that saved a model (run folders are
     named by their start time, so the last in name order is the newest)."""
-    parent = _existing(node, "from", str(Path(value).parent), "folder")
-    runs = sorted(p.parent for p in parent.glob(f"*/{RUN_MODEL}"))
+    parent = relative_to(node.loc, os.path.expanduser(str(Path(value).parent))).resolve()
+    runs = sorted(p.parent for p in parent.glob(f"*/{RUN_MODEL}")) if parent.is_dir() else []
     if not runs:
-        raise _error(node, f"Backbone '{node.name}': {value!r}: {parent} holds no finished run (no "
-                           f"*/{RUN_MODEL})", key="from",
-                     hint="train the model this Backbone reuses first, with `kspec train`")
+        where = "holds no finished run (no */model.keras)" if parent.is_dir() else "does not exist"
+        raise _error(node, f"Backbone '{node.name}': `{LATEST}` is the newest run in {parent}, which {where}",
+                     key="from", hint=f"train the model this Backbone reuses first: `kspec train` writes "
+                                      f"runs/NAME/TIME/ under the working directory")
     return runs[-1]
 
 
