@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/kspec train examples/iris_mlp.yaml --run-dir runs/demo
+	$(BIN)/kspec train examples/iris_mlp.yaml    # a new runs/iris-mlp/TIME/ each time; the last line says where
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
