@@ -10,8 +10,9 @@ A Backbone has exactly one source:
   `$KERAS_HOME/models/` or `~/.keras/models/`), null (random) or a local weights
   file; `include_top`, `pooling` and, where the application takes it, `alpha`.
 - `from`: a `.keras` file, or the run directory of an earlier `kspec train`
-  (it holds `model.keras`; `runs/NAME/latest` is the newest run of NAME); loaded with `safe_mode` (default true: a model with
-  a Lambda layer is refused unless the spec says `safe_mode: false`).
+  (it holds `model.keras`; `runs/NAME/latest` is the newest run of NAME);
+  loaded with `safe_mode` (default true: a model with a Lambda layer is refused
+  unless the spec says `safe_mode: false`).
 
 Then `cut_at` keeps the network up to that layer's output, `pooling` (for a
 `from` model or a cut one) adds global pooling after it, `preprocess: true`
@@ -296,10 +297,10 @@ def _existing(node: NodeSpec, key: str, value: str, what: str) -> Path:
     return path
 
 
-def _latest_run(node: NodeSpec, value: str) -> Path:
+def _latest_run(node: NodeSpec, path: Path) -> Path:
     """`runs/NAME/latest`: the newest run under runs/NAME that saved a model (run folders are
     named by their start time, so the last in name order is the newest)."""
-    parent = relative_to(node.loc, os.path.expanduser(str(Path(value).parent))).resolve()
+    parent = path.parent.resolve()
     runs = sorted(p.parent for p in parent.glob(f"*/{RUN_MODEL}")) if parent.is_dir() else []
     if not runs:
         where = "holds no finished run (no */model.keras)" if parent.is_dir() else "does not exist"
@@ -311,8 +312,11 @@ def _latest_run(node: NodeSpec, value: str) -> Path:
 
 def _load(node: NodeSpec, args: dict) -> keras.Model:
     value = str(args["from"])
-    latest = Path(value).name == LATEST and not relative_to(node.loc, os.path.expanduser(value)).exists()
-    path = _latest_run(node, value) if latest else _existing(node, "from", value, "file")
+    written = relative_to(node.loc, os.path.expanduser(value))
+    if written.name == LATEST and not written.exists():
+        path = _latest_run(node, written)
+    else:
+        path = _existing(node, "from", value, "file")
     if path.is_dir():
         model_file = path / RUN_MODEL
         if not model_file.is_file():
