@@ -106,11 +106,16 @@ def only(arrays: dict) -> np.ndarray:
 IRIS_EPOCHS = 30
 
 
+def trained(tmp_path_factory, example: str, epochs: int) -> Path:
+    """`kspec train examples/EXAMPLE` for `epochs` epochs into a fresh run directory."""
+    run = tmp_path_factory.mktemp(Path(example).stem) / "run"
+    ok(kspec("train", EXAMPLES / example, "--run-dir", run, "--set", f"train.epochs={epochs}"))
+    return run
+
+
 @pytest.fixture(scope="module")
 def iris_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("iris") / "run"
-    ok(kspec("train", EXAMPLES / "iris_mlp.yaml", "--run-dir", run, "--set", f"train.epochs={IRIS_EPOCHS}"))
-    return run
+    return trained(tmp_path_factory, "iris_mlp.yaml", IRIS_EPOCHS)
 
 
 @slow
@@ -201,9 +206,7 @@ DIGITS_EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("digits") / "run"
-    ok(kspec("train", EXAMPLES / "digits_cnn.yaml", "--run-dir", run, "--set", f"train.epochs={DIGITS_EPOCHS}"))
-    return run
+    return trained(tmp_path_factory, "digits_cnn.yaml", DIGITS_EPOCHS)
 
 
 @slow
