@@ -4,12 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast fuzz schemas bench clean
+LOCK   := constraints.txt        # the exact versions the suite passed with (`make lock` rewrites it)
+EXTRAS := test,onnx
 
-$(STAMP): pyproject.toml
+.PHONY: demo test test-fast test-latest lock fuzz schemas bench clean
+
+# The venv is installed from the lock: a fresh machine gets what CI tested, not whatever is newest.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,onnx]'
+	$(BIN)/python -m pip install -q --upgrade pip -c $(LOCK)
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' -c $(LOCK)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,6 +24,22 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The newest versions pyproject.toml allows, in a venv of their own: upgrades are a decision, not a surprise.
+test-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q -e '.[$(EXTRAS)]'
+	.venv-latest/bin/python -m pytest -q -n 2 --dist loadfile
+
+# Rewrite the lock from the newest allowed versions; run `make test` before committing it.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q -e '.[$(EXTRAS)]'
+	.venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^-e ' > $(LOCK)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK); now: make test"
 
 fuzz: $(STAMP)
 	KSPEC_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q tests/test_fuzz.py
@@ -33,4 +53,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) .venv-latest .venv-lock runs *.egg-info
