@@ -91,7 +91,7 @@ def cmd_build(args) -> int:
     out_dir = Path(args.output).parent if args.output else None
     print(describe(model, out_dir))
     if args.output:
-        from .train.rundir import atomic_save_model
+        from .rundir import atomic_save_model
 
         atomic_save_model(model, Path(args.output))
         print(f"saved the compiled, untrained model to {args.output}")

@@ -49,6 +49,8 @@ import keras
 from .. import registry
 from ..errors import Diagnostic, SpecError
 from ..registry import UnknownComponent
+from ..rundir import LATEST
+from ..rundir import MODEL as RUN_MODEL
 from ..spec.extends import relative_to
 from ..spec.types import NodeSpec
 from ..suggest import did_you_mean, suggest
@@ -58,8 +60,6 @@ OPTIONS = ("application", "from", "weights", "include_top", "pooling", "cut_at",
            "preprocess", "alpha", "safe_mode")
 APPLICATION_ONLY = ("weights", "include_top", "alpha", "preprocess")
 POOLING = {"avg": "GlobalAveragePooling", "max": "GlobalMaxPooling"}
-RUN_MODEL = "model.keras"          # the model file of a `kspec train` run directory
-LATEST = "latest"                  # `from: runs/NAME/latest`: the newest run of NAME
 
 
 def apply_backbone(node: NodeSpec, tensor) -> tuple[keras.Model, Any]:
@@ -305,8 +305,8 @@ def _latest_run(node: NodeSpec, path: Path) -> Path:
     if not runs:
         where = "holds no finished run (no */model.keras)" if parent.is_dir() else "does not exist"
         raise _error(node, f"Backbone '{node.name}': `{LATEST}` is the newest run in {parent}, which {where}",
-                     key="from", hint=f"train the model this Backbone reuses first: `kspec train` writes "
-                                      f"runs/NAME/TIME/ under the working directory")
+                     key="from", hint="train the model this Backbone reuses first: `kspec train` writes "
+                                      "runs/NAME/TIME/ under the working directory")
     return runs[-1]
 
 

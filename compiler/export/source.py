@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import Diagnostic, KspecError
+from ..rundir import CHECKPOINTS, LAST, MODEL, SPEC
 from . import ExportError
 from .signature import flat_inputs, keras_outputs
-
-MODEL = "model.keras"
-SPEC = "spec.yaml"
 
 
 @dataclass
@@ -67,7 +65,7 @@ def _locate(run: Path) -> tuple[Path, Path | None]:
         raise ExportError(Diagnostic(f"{run} is not a run directory or a .keras model file"))
     model = run / MODEL
     if not model.is_file():
-        last = run / "checkpoints" / "last.keras"
+        last = run / CHECKPOINTS / LAST
         hint = (f"the run did not finish; continue it with `kspec train SPEC --run-dir {run} --resume`, "
                 f"or export its last checkpoint: kspec export {last} ..." if last.is_file() else "")
         raise ExportError(Diagnostic(f"{run} holds no {MODEL}; is it a kspec run directory?", hint=hint))

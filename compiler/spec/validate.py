@@ -128,6 +128,9 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
     if not resolved_cleanly:   # nodes were dropped: reference checks would only echo those errors
         errors.raise_if_any()
     structural = bool(errors.diagnostics)
+    from . import safety
+
+    safety.check(tree, errors, display_path)   # no code execution, no writes outside the run (issue 13)
     try:
         spec = _typed(tree, file, errors, display_path)
     except (KeyError, TypeError, ValueError, AttributeError, StopIteration):

@@ -21,8 +21,8 @@ import keras
 import numpy as np
 
 from ..errors import Diagnostic, Loc, SpecError
+from ..rundir import RunDir, atomic_save_model, atomic_write_json, read_embedded_state
 from . import history as history_io
-from .rundir import RunDir, atomic_save_model, atomic_write_json, read_embedded_state
 
 # Attributes of Keras's stateful callbacks (EarlyStopping, ReduceLROnPlateau, ModelCheckpoint...)
 # that are saved in the resume state and put back after their `on_train_begin` resets them.

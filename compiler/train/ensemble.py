@@ -46,9 +46,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, Diagnostic, KspecError, SpecError
+from ..rundir import (
+    DATA,
+    METRICS,
+    MODEL,
+    RunDir,
+    RunDirError,
+    atomic_copy,
+    atomic_save_model,
+    atomic_write_json,
+    atomic_write_text,
+    default_run_dir,
+    discard,
+    open_run,
+    read_json,
+)
 from ..spec.types import Spec
-from .rundir import (MODEL, RunDir, RunDirError, atomic_copy, atomic_save_model, atomic_write_json,
-                     atomic_write_text, default_run_dir, discard, open_run, read_json)
 
 MEMBERS = "members"
 
@@ -229,8 +242,8 @@ def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, star
     # warns, when loaded, that it skips the optimizer variables it expected.
     model.optimizer.build(model.trainable_variables)
     atomic_save_model(model, run.model)
-    if (member_dirs[0] / "data.json").exists():
-        atomic_copy(member_dirs[0] / "data.json", run.data)
+    if (member_dirs[0] / DATA).exists():
+        atomic_copy(member_dirs[0] / DATA, run.data)
     try:
         from ..build import describe
 
@@ -245,7 +258,7 @@ def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, star
 
     member_metrics = []
     for i, directory in enumerate(member_dirs):
-        m = read_json(directory / "metrics.json") or {}
+        m = read_json(directory / METRICS) or {}
         member_metrics.append({"name": member_name(i), "seed": spec.seed + i,
                                "run": str(Path(MEMBERS) / member_name(i)),
                                **{k: m[k] for k in ("train", "validation", "test") if k in m},

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, Diagnostic, Loc
+from ..rundir import MODEL, SPEC, RunDir, RunDirError, read_json
 from ..spec.types import Spec
-from .rundir import RunDir, RunDirError, read_json
 
 
 @dataclass
@@ -36,7 +36,7 @@ def load_run(path: str | os.PathLike, with_model: bool = True) -> LoadedRun:
         raise RunDirError(Diagnostic(f"run directory {run.path} does not exist"))
     for required in (run.spec, run.model):
         if not required.exists():
-            what = "spec.yaml" if required == run.spec else "model.keras"
+            what = SPEC if required == run.spec else MODEL
             hint = ("the run did not finish; continue it with `kspec train SPEC --run-dir "
                     f"{run.path} --resume`" if required == run.model and run.last.exists() else "")
             raise RunDirError(Diagnostic(f"{run.path} holds no {what}; is it a kspec run directory?", hint=hint))
@@ -131,7 +131,7 @@ def read_targets(path: str, spec: Spec, info: dict, n: int) -> dict[str, np.ndar
     elif ext in (".csv", ".tsv", ".txt"):
         raw = _csv_targets(path, spec, outputs, "\t" if ext == ".tsv" else ",")
     else:
-        raise DataError(Diagnostic(f"--data takes a .csv or .npz file with inputs and targets", Loc(path)))
+        raise DataError(Diagnostic("--data takes a .csv or .npz file with inputs and targets", Loc(path)))
     out = {}
     for output, values in raw.items():
         if len(values) != n:

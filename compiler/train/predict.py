@@ -23,8 +23,8 @@ import sys
 import numpy as np
 
 from ..errors import DataError, Diagnostic
+from ..rundir import atomic_write_bytes, atomic_write_text
 from .evaluate import info_or_splits, load_run
-from .rundir import atomic_write_bytes, atomic_write_text
 
 
 def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -> dict[str, np.ndarray]:

@@ -24,8 +24,10 @@ restored exactly: the shuffling order of later epochs (tf.data's reshuffle state
 is not saved; the resumed run draws a different, still seeded, order), other
 state of user callbacks, and EarlyStopping's best weights when it monitors
 something other than train.monitor. The model and data sections of the spec must
-be those of the run; the train section may change (e.g. more epochs). A finished
-run is not extended: resuming it does nothing.
+be those of the run; the train section may change (e.g. more epochs), except what the
+checkpoint was compiled with (loss, loss_weights, metrics, optimizer): a resume that changes
+those is refused, naming what changed (rather than training on with the checkpoint's old loss
+while spec.yaml records the new one). A finished run is not extended: resuming it does nothing.
 
 Why not Keras's BackupAndRestore / ModelCheckpoint: both write their files in
 place (a kill mid-write leaves a corrupt file), BackupAndRestore deletes its
@@ -50,15 +52,23 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..errors import DataError, Diagnostic, KspecError, SpecError, TrainingError
 from ..data.split import Splits
+from ..errors import DataError, Diagnostic, KspecError, SpecError, TrainingError
+from ..rundir import (
+    RunDir,
+    RunDirError,
+    atomic_save_model,
+    atomic_write_json,
+    atomic_write_text,
+    claim,
+    discard,
+    latest_run_dir,
+    open_run,
+    resolve_inside,
+    writes_path,
+)
 from ..spec.types import Component, PhaseSpec, Spec
 from . import history as history_io
-from .rundir import (RunDir, RunDirError, atomic_save_model, atomic_write_json, atomic_write_text, claim,
-                     discard, latest_run_dir, open_run)
-
-# Callback arguments that name a file or folder; relative ones are taken inside the run directory.
-PATH_ARGUMENTS = ("filepath", "filename", "log_dir", "backup_dir")
 
 
 def check_workers(workers: int) -> None:
@@ -94,15 +104,17 @@ def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = F
     plan = distribution_plan(spec.train)
     if not plan.is_chief:
         return _train_worker(spec, run_dir, resume, verbose, started, plan, splits)
-    run = _open_run(spec, run_dir, resume)
+    run = _open_run(spec, run_dir, resume)          # claimed and locked (rundir.claim)
     try:
         return _train(spec, run, resume, verbose, started, plan, splits)
     except (SpecError, DataError, RunDirError):
         # Wrong input found before any training: leave no half-made run behind, so that the
-        # corrected spec can be run with the same --run-dir.
+        # corrected spec can be run with the same --run-dir (only files kspec wrote are removed).
         if run.fresh and not run.last.exists():
             discard(run)
         raise
+    finally:
+        run.release()
 
 
 def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: float, plan,
@@ -120,7 +132,10 @@ def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: floa
         if resume:
             _copy_run(RunDir(_chief_run_dir(spec, run_dir)), RunDir(scratch / "run"))
         run = claim(scratch / "run", resume=resume)
-        _train(spec, run, resume, 0, started, plan, splits)
+        try:
+            _train(spec, run, resume, 0, started, plan, splits)
+        finally:
+            run.release()
         _say(verbose, f"worker {plan.rank} of {plan.workers}: done (the chief, worker 0, wrote the run directory)")
         return Path(run_dir) if run_dir is not None else run.path
     finally:
@@ -320,10 +335,30 @@ def _write_spec(run: RunDir, spec: Spec, resume: bool, check_only: bool = False)
                 f"--resume: the spec's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from those of the run in {run.path} "
                 f"(see {run.spec}); a run can only be continued with the same model and data",
                 hint="use the run's own spec.yaml, or start a new run without --resume"))
+        compiled = _compile_changes(old.get("train"), new.get("train"))
+        if compiled:
+            raise RunDirError(Diagnostic(
+                f"--resume: the spec's train.{', train.'.join(compiled)} "
+                f"{'differs' if len(compiled) == 1 else 'differ'} from the run in {run.path} (see {run.spec}); its checkpoint was compiled with the old "
+                f"{' and '.join(compiled)} (and holds that optimizer's state), so continuing would train with "
+                "one thing and record another",
+                path=f"train.{compiled[0]}",
+                hint="start a new run without --resume (or put the old value back to continue this one); "
+                     "epochs, callbacks and phases may change on --resume"))
         if old == new:
             return
     if not check_only:
         atomic_write_text(run.spec, text)
+
+
+# The train keys a checkpoint was compiled with: a resume refuses to change them (it would load the old
+# compiled loss and optimizer state while spec.yaml records the new ones). Everything else may change.
+COMPILED_KEYS = ("loss", "loss_weights", "metrics", "optimizer")
+
+
+def _compile_changes(old: Any, new: Any) -> list[str]:
+    old, new = (old if isinstance(old, dict) else {}), (new if isinstance(new, dict) else {})
+    return [k for k in COMPILED_KEYS if old.get(k) != new.get(k)]
 
 
 def _write_data_info(run: RunDir, splits, spec: Spec) -> None:
@@ -433,9 +468,14 @@ def _spec_callbacks(spec: Spec, run: RunDir) -> list:
     out, problems = [], []
     for component in spec.train.callbacks:
         args = dict(component.args)
-        for key in PATH_ARGUMENTS:
-            if isinstance(args.get(key), str) and not os.path.isabs(args[key]):
-                args[key] = str(run.path / args[key])
+        for key, value in list(args.items()):
+            if writes_path(key) and isinstance(value, str):
+                try:       # checked at validate; again here with symbolic links resolved (issue 13)
+                    args[key] = str(resolve_inside(run, value, key))
+                except RunDirError as exc:
+                    where = f"train.callbacks.{component.name}.{key}"
+                    problems.extend(dataclasses.replace(d, loc=component.loc, path=where) for d in exc.diagnostics)
+                    continue
         try:
             out.append(registry.create("callbacks", spec_value(dataclasses.replace(component, args=args))))
         except SpecError as exc:
