@@ -18,23 +18,51 @@ from pathlib import Path
 from .errors import KspecError
 
 
-def _spec_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+def _spec_args(p: argparse.ArgumentParser, many: bool = False, trust: bool = False) -> None:
     p.add_argument("spec", nargs="+" if many else None, help="spec file(s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a value, e.g. --set train.epochs=5 (repeatable)")
+    _plugin_arg(p)
+    if trust:
+        _trust_arg(p)
+
+
+def _plugin_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import a Python module of registered Keras layers that the spec may use")
+                   help="import a Python module of registered Keras layers that the spec may use (repeatable; "
+                        "a spec's `plugins:` only declares them: nothing is imported unless named here)")
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", action="append", default=[], metavar="PATH",
+                   help="load this model file (or run directory) with Keras safe mode off, so a Lambda, TFSMLayer "
+                        "or vocabulary file in it may load: only for files you trust (repeatable)")
+
+
+def _load_spec(args, path=None):
+    """load_spec, then the spec's declared `plugins:` checked against --plugin (nothing is imported here)."""
+    from .spec.validate import load_spec
+    from .trust import require_spec_plugins
+
+    spec = load_spec(path if path is not None else args.spec, args.overrides)
+    require_spec_plugins(spec.tree, args.plugin, f"kspec {args.command}")
+    return spec
+
+
+def _trust(args) -> None:
+    from .trust import trust_files
+
+    trust_files(getattr(args, "trust", None) or ())
 
 
 def cmd_validate(args) -> int:
     from .errors import SpecError
-    from .spec.validate import load_spec
 
     _load_plugins(args.plugin)
     failures = []
     for path in args.spec:
         try:
-            load_spec(path, args.overrides)
+            _load_spec(args, path)
             print(f"{path}: ok")
         except SpecError as exc:
             failures.extend(exc.diagnostics)
@@ -47,10 +75,9 @@ def cmd_resolve(args) -> int:
     import yaml
 
     from .spec.tree import plain
-    from .spec.validate import load_spec
 
     _load_plugins(args.plugin)
-    spec = load_spec(args.spec, args.overrides)
+    spec = _load_spec(args)
     sys.stdout.write(yaml.safe_dump(plain(spec.tree), sort_keys=False, default_flow_style=None))
     return 0
 
@@ -63,6 +90,16 @@ def cmd_schema(args) -> int:
     else:
         sys.stdout.write(SPEC_SCHEMA.read_text())
     return 0
+
+
+def _run_plugins(args) -> None:
+    """For commands that read a run directory: import the --plugin modules (and only those), after
+    checking that they cover what the run's spec.yaml declares. TensorFlow is imported here."""
+    from .trust import declared_run_plugins, require_plugins
+
+    require_plugins(declared_run_plugins(args.run), args.plugin, None, f"kspec {args.command}")
+    import_tensorflow()
+    _load_plugins(args.plugin)
 
 
 def _load_plugins(names) -> None:
@@ -78,10 +115,13 @@ def _load_plugins(names) -> None:
 
 
 def cmd_build(args) -> int:
-    from .spec.validate import load_spec
+    if args.output:
+        from .rundir import check_model_output
 
+        check_model_output(Path(args.output), [args.spec])    # never onto the spec, nor a file kspec did not write
+    _trust(args)
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)                       # a bad spec fails before TensorFlow loads
     import_tensorflow()
     from .build import build_model, compile_model, describe
 
@@ -93,16 +133,15 @@ def cmd_build(args) -> int:
     if args.output:
         from .rundir import atomic_save_model
 
-        atomic_save_model(model, Path(args.output))
+        atomic_save_model(model, Path(args.output), written_by="kspec build")
         print(f"saved the compiled, untrained model to {args.output}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from .spec.validate import load_spec
-
+    _trust(args)
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)                       # a bad spec fails before TensorFlow loads
     workers = args.workers
     several = (workers is not None and workers > 1) or args.cluster is not None or args.worker_index is not None
     if several and spec.train is not None and spec.train.ensemble > 1:
@@ -147,6 +186,8 @@ def _worker_args(args) -> list[str]:
         out += ["--set", value]
     for name in args.plugin:
         out += ["--plugin", name]
+    for path in args.trust:
+        out += ["--trust", path]
     if args.run_dir:
         out += ["--run-dir", args.run_dir]
     if args.resume:
@@ -157,10 +198,9 @@ def _worker_args(args) -> list[str]:
 
 
 def cmd_check(args) -> int:
-    from .spec.validate import load_spec
-
+    _trust(args)
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)                       # a bad spec fails before TensorFlow loads
     import_tensorflow()
     overfit = args.overfit
     if overfit is None and not args.gradients:
@@ -212,7 +252,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import_tensorflow()
+    _trust(args)
+    _run_plugins(args)
     from .train.evaluate import evaluate_run
 
     evaluate_run(args.run, data=args.data)
@@ -220,7 +261,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import_tensorflow()
+    _trust(args)
+    _run_plugins(args)
     from .train.predict import predict_run
 
     predict_run(args.run, args.input, output=args.output)
@@ -228,7 +270,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import_tensorflow()
+    _trust(args)
+    _run_plugins(args)
     from .export import export_run
 
     export_run(args.run, args.format, args.output)
@@ -273,12 +316,12 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("build", help="compile the model; print its summary; -o saves it untrained")
-    _spec_args(s)
+    _spec_args(s, trust=True)
     s.add_argument("-o", "--output", metavar="MODEL.keras", help="save the compiled, untrained model")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("train", help="build, train, evaluate and save a run directory")
-    _spec_args(s)
+    _spec_args(s, trust=True)
     s.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/NAME/TIMESTAMP)")
     s.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     s.add_argument("--workers", type=int, default=1, metavar="N",
@@ -293,7 +336,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="debug a spec: can the model memorise a few examples (--overfit K); "
                                      "are its custom layers' gradients right (--gradients)")
-    _spec_args(s)
+    _spec_args(s, trust=True)
     s.add_argument("--overfit", type=int, nargs="?", const=16, default=None, metavar="K",
                    help="train on K training examples (default 16) until memorised; exit 1 if it cannot "
                         "(the default check when no other is named)")
@@ -311,18 +354,24 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
     s.add_argument("run", help="run directory")
     s.add_argument("--data", metavar="SPEC_OR_FILE", help="evaluate on another data source (CSV/NPZ file)")
+    _plugin_arg(s)
+    _trust_arg(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="predictions of a saved run for a file of inputs")
     s.add_argument("run", help="run directory")
     s.add_argument("input", help="CSV or NPZ file of inputs")
     s.add_argument("-o", "--output", metavar="FILE", help="write predictions here (.csv or .npz; default: stdout CSV)")
+    _plugin_arg(s)
+    _trust_arg(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export a run's model: keras, saved_model, tflite or onnx")
     s.add_argument("run", help="run directory")
     s.add_argument("--format", required=True, choices=("keras", "saved_model", "tflite", "onnx"))
     s.add_argument("-o", "--output", required=True, metavar="PATH")
+    _plugin_arg(s)
+    _trust_arg(s)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("templates", help="list the reusable templates in specs/ (blocks, heads, backbones, recipes, starters)")

@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from .suggest import suggest
+from .trust import declared_plugins, require_plugins  # noqa: F401  (the spec declares, the command line loads)
 
 KINDS = ("layers", "initializers", "regularizers", "constraints", "activations", "optimizers",
          "schedules", "losses", "metrics", "callbacks", "applications")

@@ -106,6 +106,7 @@ PATH_WORDS = ("dir", "path", "file", "filename", "filepath")
 # The name of the copy of the training state stored inside each checkpoint (.keras is a zip archive;
 # Keras ignores entries it does not know), so a checkpoint always says which epoch it holds.
 EMBEDDED_STATE = "kspec_state.json"
+WRITTEN_BY = "kspec.json"            # inside every .keras kspec saves: {"written_by": "kspec build" | "kspec"}
 
 
 class RunDir:
@@ -662,22 +663,52 @@ def _json_default(value):
 
 
 def atomic_save_model(model, path: str | os.PathLike, state: dict | None = None,
-                      link: str | os.PathLike | None = None) -> None:
+                      link: str | os.PathLike | None = None, written_by: str = "kspec") -> None:
     """`model.save(path)` (optimizer state included), atomically.
 
     `state`: a JSON record stored inside the archive (see EMBEDDED_STATE).
     `link`: a second path that then gets the same file (a hard link when possible, else
     a copy), also atomically, after `path` is in place: used for best.keras, which is
     then free. Files are only ever replaced, never modified, so sharing an inode is safe.
+    Every archive also carries WRITTEN_BY, so that kspec can later tell a file it wrote
+    (which `kspec build -o` may replace) from the user's own.
     """
     path = Path(path)
     with _temp_path(path, suffix=".keras") as tmp:
         model.save(str(tmp))
-        if state is not None:
-            with zipfile.ZipFile(tmp, "a") as archive:
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(WRITTEN_BY, json.dumps({"written_by": written_by}))
+            if state is not None:
                 archive.writestr(EMBEDDED_STATE, json.dumps(state, default=_json_default))
     if link is not None:
         atomic_link(path, Path(link))
+
+
+def written_by_kspec(path: str | os.PathLike) -> bool:
+    """True for a regular .keras file that kspec saved (it carries WRITTEN_BY)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return WRITTEN_BY in archive.namelist() or EMBEDDED_STATE in archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def check_model_output(path: Path, protect: list[str | os.PathLike] = ()) -> None:
+    """`kspec build -o PATH`: a new `.keras` file, or one kspec wrote; never a spec or any other file."""
+    from .errors import SpecError
+
+    if path.suffix != ".keras":
+        raise SpecError(Diagnostic(f"-o {path}: a model is saved to a file ending in .keras; nothing was written",
+                                   hint=f"e.g. -o {path.with_suffix('.keras').name}"))
+    resolved = path.resolve()
+    if any(resolved == Path(p).resolve() for p in protect):
+        raise SpecError(Diagnostic(f"-o {path} is the spec itself; nothing was written", hint="choose another -o"))
+    if path.is_symlink() or (path.exists() and not written_by_kspec(path)):
+        raise SpecError(Diagnostic(f"-o {path} exists and is not a model that kspec wrote; nothing was changed",
+                                   hint="choose a new file name, or remove the file yourself first"))
 
 
 def atomic_link(source: Path, target: Path) -> None:

@@ -39,8 +39,7 @@ def load_source(run: Path, n_examples: int) -> Source:
     model_path, run_dir = _locate(run)
     notes: list[str] = []
     spec = _read_spec(run_dir, notes) if run_dir is not None else None
-    if spec is not None:
-        _load_plugins(spec)
+    # The run's `plugins:` are declared, never imported here: the command line loads them (--plugin).
     model = load_model(model_path)
     if not hasattr(model, "input") or _no_inputs(model):
         raise ExportError(Diagnostic(f"cannot export {model_path}: the model has no declared inputs "
@@ -77,11 +76,15 @@ def load_model(path: Path):
 
     import compiler.layers  # noqa: F401  (registers kspec's own layers for deserialization)
 
+    from .. import trust
+
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        return keras.saving.load_model(path, safe_mode=trust.safe_mode_for(path), compile=False)
     except Exception as exc:
         from ..build.errors import keras_message
 
+        if trust.is_safe_mode_refusal(exc):
+            raise ExportError(trust.refused(path, str(exc))) from None
         raise ExportError(Diagnostic(f"cannot load {path}: {keras_message(exc)}")) from None
 
 
@@ -104,13 +107,6 @@ def _read_spec(run_dir: Path, notes: list[str]):
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         notes.append(f"the run's spec.yaml does not validate ({first}); checked on random inputs")
         return None
-
-
-def _load_plugins(spec) -> None:
-    from ..registry import load_plugins
-
-    tree = spec.tree if isinstance(spec.tree, dict) else {}
-    load_plugins(tree.get("plugins"), ExportError)
 
 
 def _data_inputs(spec, model, n: int, notes: list[str]) -> tuple[list[np.ndarray] | None, str]:

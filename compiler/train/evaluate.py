@@ -44,15 +44,9 @@ def load_run(path: str | os.PathLike, with_model: bool = True) -> LoadedRun:
     from ..spec.validate import validate
 
     spec = validate(resolve(str(run.spec)), str(run.spec))
-    _load_plugins(spec)
+    # The run's `plugins:` are declared, never imported here: the command line loads them (--plugin).
     model = _load_model(run.model) if with_model else None
     return LoadedRun(run, spec, model, read_json(run.data) or {})
-
-
-def _load_plugins(spec: Spec) -> None:
-    from ..registry import load_plugins
-
-    load_plugins((spec.tree or {}).get("plugins") if isinstance(spec.tree, dict) else None)
 
 
 def _load_model(path: Path):
@@ -60,11 +54,15 @@ def _load_model(path: Path):
 
     import compiler.layers  # noqa: F401  (registers kspec's own layers for deserialization)
 
+    from .. import trust
+
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, safe_mode=trust.safe_mode_for(path))
     except Exception as exc:
         from ..build.errors import keras_message
 
+        if trust.is_safe_mode_refusal(exc):
+            raise RunDirError(trust.refused(path, str(exc))) from None
         raise RunDirError(Diagnostic(f"cannot load {path}: {keras_message(exc)}")) from None
 
 
