@@ -49,6 +49,12 @@ def _backbone(item: Map, args: Map, where: str, errors: Collector) -> None:
     if args.get("safe_mode") is False:
         loc, via = locate(args, ["safe_mode"])
         source = args.get("from")
+        if isinstance(source, str):
+            import os
+
+            from .extends import relative_to
+
+            source = os.path.abspath(relative_to(args.value_loc("from"), os.path.expanduser(source)))
         errors.add(f"Backbone '{item.get('name')}': a spec cannot turn Keras safe mode off (`safe_mode: false` "
                    "would let the model file run the Python code inside it); trust is given on the command "
                    "line, by the person running the command",
