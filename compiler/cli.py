@@ -172,6 +172,9 @@ def cmd_train(args) -> int:
         from .data import load_splits
 
         splits = load_splits(spec.data, spec.model, spec.seed)     # bad data fails before TensorFlow loads
+        from .train.losscheck import check_losses, spec_output_units
+
+        check_losses(spec, splits, spec_output_units(spec))   # a loss that cannot fit: before TensorFlow too
     import_tensorflow()
     from .train import train
 

@@ -204,6 +204,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
 
     from ..data import check_labels, input_layers, load_splits, make_dataset
 
+    prechecked = splits is not None            # `kspec train` loaded the data and checked the losses (warnings)
     if splits is None:
         splits = load_splits(spec.data, spec.model, spec.seed)
     _write_data_info(run, splits, spec)
@@ -229,6 +230,9 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         rows = []
         if run.history.exists():
             history_io.write_history(run.history, rows)
+    from .losscheck import check_losses
+
+    check_losses(spec, splits, _output_units(spec, model), warn=not prechecked)   # loss vs labels (issue 13)
     check_labels(splits, _output_units(spec, model))
     _write_summary(run, model)
 
