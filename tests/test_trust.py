@@ -286,3 +286,17 @@ def test_the_run_directory_is_locked_and_a_killed_run_resumes_at_once(tmp_path, 
     changed = procs.run(["train", spec, "--run-dir", run, "--resume", "--set", "train.loss=mse"], timeout=120)
     err = clean_failure(changed)
     assert "--resume: the spec's train.loss differs from the run" in err and "(at train.loss)" in err
+
+
+def test_a_callback_monitoring_val_metrics_needs_a_validation_split(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.replace("  split: {validation: 0.2, test: 0.2}\n", "") + """\
+  callbacks:
+    - EarlyStopping: {monitor: val_loss, patience: 2}
+    - ReduceLROnPlateau: {factor: 0.5}
+    - EarlyStopping: {monitor: loss}
+""")
+    err = clean_failure(kspec("validate", spec))
+    assert f"{spec}:22:32: error: EarlyStopping monitors 'val_loss', but there is no validation split" in err
+    assert f"{spec}:23:26: error: ReduceLROnPlateau monitors 'val_loss'" in err     # Keras's default monitor
+    assert err.count(": error: ") == 2 and "hint: add `data: {split: {validation: 0.2}}`, or monitor 'loss'" in err

@@ -22,6 +22,10 @@ from ..rundir import path_problem, writes_path
 from .tree import Map, Seq, locate
 
 
+# Keras callbacks whose `monitor` defaults to val_loss (a spec that leaves it out monitors val_loss too).
+DEFAULT_MONITOR = {"EarlyStopping": "val_loss", "ReduceLROnPlateau": "val_loss", "ModelCheckpoint": "val_loss"}
+
+
 def check(tree: Any, errors: Collector, display_path) -> None:
     if not isinstance(tree, Map):
         return
@@ -37,7 +41,8 @@ def check(tree: Any, errors: Collector, display_path) -> None:
         data = tree.get("data")
         split = data.get("split") if isinstance(data, Map) else None
         validation = split.get("validation", 0) if isinstance(split, Map) else 0
-        has_validation = isinstance(validation, (int, float)) and validation > 0
+        # Without a data section (a recipe template) there is nothing to say about the split yet.
+        has_validation = not isinstance(data, Map) or (isinstance(validation, (int, float)) and validation > 0)
         for index, item in enumerate(callbacks):
             if isinstance(item, Map) and len(item) == 1:
                 (name, args), = item.items()
@@ -72,9 +77,9 @@ def _callback(name: str, args: Map, where: str, has_validation: bool, errors: Co
                 errors.add(f"{name}: `{key}: {value}` {problem}", loc, f"{where}.{key}", via=via,
                            hint="write a path relative to the run directory, e.g. "
                                 f"`{key}: {_example(name, str(key))}`")
-    monitor = args.get("monitor")
+    monitor = args.get("monitor", DEFAULT_MONITOR.get(name))
     if isinstance(monitor, str) and monitor.startswith("val_") and not has_validation:
-        loc, via = locate(args, ["monitor"])
+        loc, via = locate(args, ["monitor"]) if "monitor" in args else (args.loc, ())
         errors.add(f"{name} monitors {monitor!r}, but there is no validation split, so no val_* metric is "
                    "ever logged", loc, f"{where}.monitor", via=via,
                    hint=f"add `data: {{split: {{validation: 0.2}}}}`, or monitor {monitor.removeprefix('val_')!r}")
