@@ -254,7 +254,8 @@ def _backbone() -> dict:
                                      "(re.search) of layer names to unfreeze.", "type": ["boolean", "string"]},
         "preprocess": _bool("Apply the application's own input preprocessing (raw 0..255 pixels in)."),
         "alpha": _num("Width multiplier (MobileNet).", exclusiveMinimum=0),
-        "safe_mode": _bool("Refuse to load a .keras file that would run code (default true)."),
+        "safe_mode": _bool("Always on: a spec cannot turn Keras safe mode off; trust a file with `--trust PATH` "
+                           "on the command line."),
     }, description="A pretrained network as a layer: `{application: MobileNetV2, weights: imagenet}`.")
     schema["allOf"] = [
         {"not": {"required": ["application", "from"], "description": one_source + ", not both"}},
