@@ -108,33 +108,36 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
         from ..data import load_splits
 
         splits = load_splits(spec.data, spec.model, spec.seed)      # bad data fails before a run exists
-    run = _open(spec, run_dir, resume)
-    _write_spec(run, spec, resume)
-
-    if resume and run.model.exists() and run.metrics.exists() and all(
-            _finished(run.path / MEMBERS / member_name(i)) for i in range(count)):
-        _say(verbose, f"the ensemble in {run.path} is already complete ({count} members); nothing to do")
-        return run.path
-
-    member_dirs = [run.path / MEMBERS / member_name(i) for i in range(count)]
+    run = _open(spec, run_dir, resume)            # claimed and locked (rundir.claim); released below
     try:
-        for i, directory in enumerate(member_dirs):
-            if _finished(directory):
-                _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}): already trained, in {directory}")
-                continue
-            _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}) -> {directory}")
-            again = directory.is_dir() and RunDir(directory).has_run()
-            _clear_session()
-            run_module.train(member_spec(spec, i), run_dir=directory, resume=again, workers=workers,
-                             verbose=verbose, splits=splits)
-    except (SpecError, DataError, RunDirError):
-        # A wrong spec or data, found before any member trained: leave no half-made run behind
-        # (as run.py does), so the corrected spec can use the same --run-dir.
-        if run.fresh and not any(RunDir(d).has_run() for d in member_dirs):
-            discard(run)
-        raise
+        _write_spec(run, spec, resume)
 
-    return _finish(spec, run, member_dirs, verbose, started, splits)
+        if resume and run.model.exists() and run.metrics.exists() and all(
+                _finished(run.path / MEMBERS / member_name(i)) for i in range(count)):
+            _say(verbose, f"the ensemble in {run.path} is already complete ({count} members); nothing to do")
+            return run.path
+
+        member_dirs = [run.path / MEMBERS / member_name(i) for i in range(count)]
+        try:
+            for i, directory in enumerate(member_dirs):
+                if _finished(directory):
+                    _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}): already trained, in {directory}")
+                    continue
+                _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}) -> {directory}")
+                again = directory.is_dir() and RunDir(directory).has_run()
+                _clear_session()
+                run_module.train(member_spec(spec, i), run_dir=directory, resume=again, workers=workers,
+                                 verbose=verbose, splits=splits)
+        except (SpecError, DataError, RunDirError):
+            # A wrong spec or data, found before any member trained: leave no half-made run behind
+            # (as run.py does), so the corrected spec can use the same --run-dir.
+            if run.fresh and not any(RunDir(d).has_run() for d in member_dirs):
+                discard(run)
+            raise
+
+        return _finish(spec, run, member_dirs, verbose, started, splits)
+    finally:
+        run.release()
 
 
 def _check_single_process(spec: Spec) -> None:

@@ -159,11 +159,11 @@ def _chief_run_dir(spec: Spec, run_dir) -> Path:
 
 
 def _copy_run(source: RunDir, target: RunDir) -> None:
-    """What a resume reads (spec, history, checkpoints and their state), copied file by file."""
+    """What a resume reads (kspec's marker, spec, history, checkpoints and their state), copied file by file."""
     import shutil
 
     target.checkpoints.mkdir(parents=True, exist_ok=True)
-    for src, dst in ((source.spec, target.spec), (source.history, target.history), (source.data, target.data),
+    for src, dst in ((source.marker, target.marker), (source.spec, target.spec), (source.history, target.history), (source.data, target.data),
                      (source.last, target.last), (source.best, target.best), (source.state, target.state)):
         if src.is_file():
             shutil.copyfile(src, dst)
