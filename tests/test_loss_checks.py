@@ -59,7 +59,8 @@ def test_mismatched_losses_fail_before_tensorflow_at_train_loss(tmp_path):
     np.savez(tmp_path / "onehot.npz", x=np.random.default_rng(0).normal(size=(60, 4)).astype("float32"),
              y=np.eye(3, dtype="float32")[np.arange(60) % 3])
     cases = [
-        ("binary_crossentropy", "{sklearn: iris}", "holds 3 classes", "sparse_categorical_crossentropy` with 3 softmax"),
+        ("binary_crossentropy", "{sklearn: iris}", "holds 3 classes",
+         "sparse_categorical_crossentropy` with 3 softmax"),
         ("categorical_crossentropy", "{sklearn: iris}", "expects one-hot labels", "sparse_categorical_crossentropy"),
         ("sparse_categorical_crossentropy", "{npz: onehot.npz}", "is one-hot (3 columns)", "categorical_crossentropy"),
     ]
@@ -74,7 +75,8 @@ def test_mismatched_losses_fail_before_tensorflow_at_train_loss(tmp_path):
 
 
 def test_a_mismatch_found_on_the_built_model_leaves_no_run_directory(tmp_path):
-    head = "    - Dense: {units: 3}\n    - Activation: {activation: softmax}\n      name: y"   # units known only once built
+    # The output is an Activation layer: its units are known only once the model is built.
+    head = "    - Dense: {units: 3}\n    - Activation: {activation: softmax}\n      name: y"
     spec, run = write(tmp_path, "binary_crossentropy", head=head), tmp_path / "runs" / "a"
     err = refused(train(spec, run))
     assert f"{spec}:17:9: error: train.loss binary_crossentropy" in err and "holds 3 classes" in err

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from kspec_procs import Procs
 
 ROOT = Path(__file__).resolve().parents[1]

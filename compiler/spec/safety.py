@@ -21,7 +21,6 @@ from ..errors import Collector
 from ..rundir import path_problem, writes_path
 from .tree import Map, Seq, locate
 
-
 # Keras callbacks whose `monitor` defaults to val_loss (a spec that leaves it out monitors val_loss too).
 DEFAULT_MONITOR = {"EarlyStopping": "val_loss", "ReduceLROnPlateau": "val_loss", "ModelCheckpoint": "val_loss"}
 
