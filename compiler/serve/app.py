@@ -86,6 +86,11 @@ def make_app(state: State, on_startup=(), on_shutdown=()) -> Starlette:
 
     def check_model(request: Request) -> None:
         name = request.path_params.get("name")
+        if name is not None and ":" in name:
+            verb = name.split(":", 1)[1]
+            if verb == "predict":
+                raise RequestError(f"{request.url.path} takes POST", status=405)
+            raise RequestError(f"no method ':{verb}' here; this server answers :predict", status=404)
         if name is not None and name != state.name:
             raise RequestError(f"no model named {name!r} here; this server serves {state.name!r}", status=404)
         version = request.path_params.get("version")
@@ -176,7 +181,9 @@ def make_app(state: State, on_startup=(), on_shutdown=()) -> Starlette:
     @handler
     async def readyz(request: Request) -> Response:
         if state.ready:
-            return _json({"status": "ready", "model": state.name})
+            stats = state.batcher.stats
+            return _json({"status": "ready", "model": state.name, "batches": stats.batches,
+                          "examples": stats.examples, "largest_batch": stats.largest, "traces": state.model.traces})
         if state.failed:
             return _json({"status": "failed", "error": state.failed}, 503)
         return _json({"status": "loading", "model": state.name}, 503)

@@ -11,6 +11,7 @@ its error and exit 2.
 from __future__ import annotations
 
 import math
+import signal
 import socket
 import sys
 import threading
@@ -22,7 +23,6 @@ from . import ServeError, check_available
 from . import defaults as d
 from .codec import Decoder, Limits
 from .model import read_run
-
 
 
 @dataclass
@@ -68,6 +68,10 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _ignore(signum, frame) -> None:
+    pass
 
 
 def serve(options: Options) -> int:
@@ -127,10 +131,15 @@ def serve(options: Options) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {state.name} from {run.path} on http://{shown}:{port}/ "
           f"(TF Serving REST API at /v1/models/{state.name}; loading the model...)", flush=True)
+    # Uvicorn handles SIGTERM/SIGINT itself (a graceful stop), then re-raises the signal to the handler
+    # that was there before: make that one a no-op, so a graceful stop is a normal exit 0.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if state.failed:
         return 2
     print("kspec serve: stopped", flush=True)
