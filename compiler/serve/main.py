@@ -10,6 +10,7 @@ its error and exit 2.
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import socket
@@ -100,6 +101,8 @@ def serve(options: Options) -> int:
             model = ServedModel(run, trust=options.trust)
             model.warm_up(tuple(sorted({1, options.max_batch_size})))
             state.meta = metadata_of(state, model, versions())
+            gc.collect()
+            gc.freeze()       # TensorFlow's and Keras's many long-lived objects: out of every later GC pass
             batcher = Batcher(model.run_batch, options.max_batch_size, options.max_latency_ms / 1000,
                               options.max_queue)
             box["loop"].call_soon_threadsafe(_ready, batcher, model)
