@@ -4,7 +4,9 @@ A request waits at most `max_latency` seconds (counted from its arrival) for oth
 it; a batch closes early when it holds `max_batch` examples. Requests that arrived while the
 previous batch ran are already past their wait, so under load batches close at once and
 fill up: throughput grows with the number of clients instead of staying at one call per
-request. One worker thread runs the model (TensorFlow itself uses every core), so the event
+request. A batch also closes as soon as as many requests wait as the previous batch held: with
+clients that send their next request when answered, those clients are back, and waiting longer
+would only add latency (one client alone is never kept waiting). One worker thread runs the model (TensorFlow itself uses every core), so the event
 loop keeps accepting and decoding requests meanwhile. The queue is bounded (`max_queue`
 requests): beyond it `submit` raises `Busy` (503), instead of letting latency grow without end.
 """
@@ -47,6 +49,7 @@ class Batcher:
         self.run, self.max_batch, self.max_latency, self.max_queue = run, max_batch, max_latency, max_queue
         self.pending: collections.deque[_Item] = collections.deque()
         self.stats = Stats()
+        self._expected = 1               # requests in the previous batch: who is likely to come back
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kspec-infer")
@@ -87,7 +90,7 @@ class Batcher:
                 continue
             queued = sum(item.n for item in self.pending)
             wait = self.pending[0].arrived + self.max_latency - time.monotonic()
-            if queued < self.max_batch and wait > 0:
+            if queued < self.max_batch and len(self.pending) < self._expected and wait > 0:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), wait)
@@ -100,6 +103,7 @@ class Batcher:
                 item = self.pending.popleft()
                 batch.append(item)
                 total += item.n
+            self._expected = len(batch)
             batch = [item for item in batch if not item.future.cancelled()]   # the client went away
             if not batch:
                 continue
