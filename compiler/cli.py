@@ -248,8 +248,10 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
 
     s.add_argument("run", help="run directory")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=d.PORT, help=f"port ({d.PORT}, TF Serving's REST port; 0 picks a free one)")
-    s.add_argument("--model-name", metavar="NAME", help="the model's name in /v1/models/NAME (default: the spec's name)")
+    s.add_argument("--port", type=int, default=d.PORT,
+                   help=f"port ({d.PORT}, TF Serving's REST port; 0 picks a free one)")
+    s.add_argument("--model-name", metavar="NAME",
+                   help="the model's name in /v1/models/NAME (default: the spec's name)")
     s.add_argument("--max-batch-size", type=int, default=d.MAX_BATCH_SIZE, metavar="N",
                    help=f"gather concurrent requests into batches of up to N examples ({d.MAX_BATCH_SIZE})")
     s.add_argument("--max-latency-ms", type=float, default=d.MAX_LATENCY_MS, metavar="MS",

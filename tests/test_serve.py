@@ -378,3 +378,49 @@ def test_the_page_in_headless_chromium(served, tmp_path):
         page.eval("document.getElementById('submit').click()")
         page.wait("document.getElementById('result').dataset.done === '1'")
         assert page.eval("document.getElementById('label').textContent") == want
+
+
+# -- the request codec, in-process (fast) ------------------------------------------------------------
+
+def test_records_encode_categorical_columns_as_training_did():
+    from compiler.serve.codec import Decoder, RequestError
+    from compiler.serve.model import InputInfo
+
+    decoder = Decoder([InputInfo("x", (4,), "float32", ("age", "colour=blue", "colour=red", "size"))])
+    assert [f["name"] for f in decoder.fields()] == ["age", "colour", "size"]
+    assert decoder.fields()[1] == {"name": "colour", "input": "x", "kind": "category", "categories": ["blue", "red"]}
+    x = decoder.records([{"age": 3, "colour": "red", "size": 1.5}, {"age": 4, "colour": "blue", "size": 0}])["x"]
+    np.testing.assert_array_equal(x, [[3, 0, 1, 1.5], [4, 1, 0, 0]])
+    assert x.dtype == np.float32
+    for record, words in (({"age": 3, "colour": "green", "size": 1}, ["'green'", "known: blue, red"]),
+                          ({"age": 3, "colour": 1, "size": 1}, ["records[0].colour", "string"]),
+                          ({"age": True, "colour": "red", "size": 1}, ["records[0].age", "boolean"]),
+                          ({"age": 3, "colour": "red"}, ["lacks field 'size'"])):
+        with pytest.raises(RequestError) as caught:
+            decoder.records([record])
+        assert caught.value.status == 400 and all(w in caught.value.message for w in words), caught.value.message
+
+
+def test_tf_serving_forms_shapes_and_limits():
+    from compiler.serve.codec import Decoder, Limits, RequestError, parse_json
+    from compiler.serve.model import InputInfo
+
+    decoder = Decoder([InputInfo("ids", (None,), "int32"), InputInfo("img", (2, 2, 1), "float32")],
+                      Limits(max_examples=3))
+    got = decoder.tf_serving({"instances": [{"ids": [1, 2], "img": [1, 2, 3, 4]}]})[0]
+    assert got["ids"].dtype == np.int32 and got["img"].shape == (1, 2, 2, 1)    # a flat list is reshaped
+    cols = decoder.tf_serving({"inputs": {"ids": [[1], [2]], "img": [[[[0]] * 2] * 2] * 2}})
+    assert cols[1] == "inputs" and cols[0]["img"].shape == (2, 2, 2, 1)
+    bad = [({"instances": [{"ids": [1.5], "img": [0] * 4}]}, 400, "whole numbers"),
+           ({"inputs": {"ids": [[1], [2]], "img": [[0] * 4]}}, 400, "different numbers of examples"),
+           ({"instances": [{"ids": [1], "img": [0] * 4}] * 4}, 413, "limit of 3"),
+           ({"instances": [{"ids": [1], "img": [0] * 4}, {"ids": [1, 2], "img": [0] * 4}]}, 400, "different shapes"),
+           ({"instances": [[1, 2]]}, 400, "object of the model's inputs")]
+    for body, status, words in bad:
+        with pytest.raises(RequestError) as caught:
+            decoder.tf_serving(body)
+        assert caught.value.status == status and words in caught.value.message, caught.value.message
+    with pytest.raises(RequestError, match="Infinity"):
+        parse_json(b'{"instances": [Infinity]}')
+    with pytest.raises(RequestError, match="nested too deeply"):
+        parse_json(b"[" * 100000 + b"]" * 100000)

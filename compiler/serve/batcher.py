@@ -6,9 +6,10 @@ previous batch ran are already past their wait, so under load batches close at o
 fill up: throughput grows with the number of clients instead of staying at one call per
 request. A batch also closes as soon as as many requests wait as the previous batch held: with
 clients that send their next request when answered, those clients are back, and waiting longer
-would only add latency (one client alone is never kept waiting). One worker thread runs the model (TensorFlow itself uses every core), so the event
-loop keeps accepting and decoding requests meanwhile. The queue is bounded (`max_queue`
-requests): beyond it `submit` raises `Busy` (503), instead of letting latency grow without end.
+would only add latency (one client alone is never kept waiting). One worker thread runs the
+model (TensorFlow itself uses every core), so the event loop keeps accepting and decoding
+requests meanwhile. The queue is bounded (`max_queue` requests): beyond it `submit` raises
+`Busy` (503), instead of letting latency grow without end.
 """
 
 from __future__ import annotations

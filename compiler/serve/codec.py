@@ -105,7 +105,8 @@ class Decoder:
         forms = [k for k in ("instances", "inputs") if k in body]
         unknown = [k for k in body if k not in ("instances", "inputs", "signature_name")]
         if unknown:
-            raise RequestError(f"unknown field {unknown[0]!r} in the request{_did_you_mean(unknown[0], ['instances', 'inputs'])}"
+            close = _did_you_mean(unknown[0], ["instances", "inputs"])
+            raise RequestError(f"unknown field {unknown[0]!r} in the request{close}"
                                " (fields: instances or inputs, signature_name)")
         if len(forms) != 1:
             raise RequestError("the request needs exactly one of \"instances\" (rows) and \"inputs\" (columns)")
@@ -137,7 +138,8 @@ class Decoder:
         if len(self.inputs) == 1 and not self._named(value):
             value = {self.inputs[0].name: value}
         if not isinstance(value, dict):
-            raise RequestError(f"\"inputs\" must be an object of the model's inputs ({self._names()}), not {_kind(value)}")
+            raise RequestError(f"\"inputs\" must be an object of the model's inputs ({self._names()}), "
+                               f"not {_kind(value)}")
         self._check_keys(value, list(self.by_name), "inputs", "input")
         columns, counts = {}, {}
         for i in self.inputs:

@@ -69,7 +69,8 @@ async function start() {
   const box = $("fields");
   for (const f of fields) {
     const label = el("label");
-    label.appendChild(el("span", {}, f.name + (f.kind === "tensor" ? " (JSON, shape " + JSON.stringify(f.shape) + ")" : "")));
+    const what = f.kind === "tensor" ? " (JSON, shape " + JSON.stringify(f.shape) + ")" : "";
+    label.appendChild(el("span", {}, f.name + what));
     let input;
     if (f.kind === "number") input = el("input", {type: "number", step: "any", required: ""});
     else if (f.kind === "category") {
@@ -117,7 +118,10 @@ async function record() {
     if (f.kind === "number") out[f.name] = input.value === "" ? null : Number(input.value);
     else if (f.kind === "category") out[f.name] = input.value;
     else if (f.kind === "image") out[f.name] = {b64: input.files.length ? await readFile(input.files[0]) : ""};
-    else { try { out[f.name] = JSON.parse(input.value); } catch (e) { throw new Error(f.name + ": not JSON: " + e.message); } }
+    else {
+      try { out[f.name] = JSON.parse(input.value); }
+      catch (e) { throw new Error(f.name + ": not JSON: " + e.message); }
+    }
   }
   return out;
 }
