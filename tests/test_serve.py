@@ -52,11 +52,12 @@ def served(tmp_path_factory):
     servers = {name: Server(run) for name, run in runs.items()}
     slowq = Server(plugged, "--max-queue", "1", "--max-latency-ms", "1500", "--max-batch-size", "64",
                    "--max-body-bytes", "2000", "--model-name", "slow")
+    stopper = Server(plugged, "--max-latency-ms", "1500", "--max-batch-size", "64", "--model-name", "slow")
     first = {name: _first_answers(s) for name, s in servers.items()}
     urls = {name: s.ready() for name, s in servers.items()}
     yield {"root": root, "runs": runs, "servers": servers, "urls": urls, "first": first, "slowq": slowq,
-           "plugged": plugged}
-    for s in [*servers.values(), slowq]:
+           "stopper": stopper, "plugged": plugged}
+    for s in [*servers.values(), slowq, stopper]:
         s.stop()
 
 
@@ -301,7 +302,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_answer(served):
 
 @slow
 def test_sigterm_finishes_requests_in_flight_then_exits_and_run_plugins_are_not_imported(served):
-    slowq = served["slowq"]
+    slowq = served["stopper"]           # its first request waits 1.5 s for company (no batch seen yet)
     surl = slowq.ready()
     assert not (served["root"] / "imported").exists()              # spec.yaml's `plugins:` was never imported
     results = {}

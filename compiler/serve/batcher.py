@@ -6,7 +6,7 @@ previous batch ran are already past their wait, so under load batches close at o
 fill up: throughput grows with the number of clients instead of staying at one call per
 request. A batch also closes as soon as as many requests wait as the previous batch held: with
 clients that send their next request when answered, those clients are back, and waiting longer
-would only add latency (one client alone is never kept waiting). One worker thread runs the
+would only add latency (a client alone waits once, for its first request). One worker thread runs the
 model (TensorFlow itself uses every core), so the event loop keeps accepting and decoding
 requests meanwhile. The queue is bounded (`max_queue` requests): beyond it `submit` raises
 `Busy` (503), instead of letting latency grow without end.
@@ -50,7 +50,7 @@ class Batcher:
         self.run, self.max_batch, self.max_latency, self.max_queue = run, max_batch, max_latency, max_queue
         self.pending: collections.deque[_Item] = collections.deque()
         self.stats = Stats()
-        self._expected = 1               # requests in the previous batch: who is likely to come back
+        self._expected = max_batch       # requests in the previous batch: who is likely to come back
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kspec-infer")
