@@ -425,3 +425,17 @@ def test_tf_serving_forms_shapes_and_limits():
         parse_json(b'{"instances": [Infinity]}')
     with pytest.raises(RequestError, match="nested too deeply"):
         parse_json(b"[" * 100000 + b"]" * 100000)
+
+
+def test_a_run_needing_its_plugins_says_to_pass_them_with_plugin(tmp_path):
+    from compiler.errors import SpecError
+    from compiler.serve.model import read_run
+
+    text = (Path(__file__).parents[1] / "examples" / "iris_mlp.yaml").read_text()
+    text = text.replace("\nseed:", "\nplugins: [my_layers]\nseed:", 1)
+    text = text.replace("Dense: {units: 16", "MyDense: {units: 16", 1)
+    (tmp_path / "spec.yaml").write_text(text)
+    (tmp_path / "model.keras").write_bytes(b"")
+    with pytest.raises(SpecError) as caught:
+        read_run(str(tmp_path))
+    assert "MyDense" in str(caught.value) and "never imports" in str(caught.value) and "--plugin" in str(caught.value)

@@ -12,6 +12,7 @@ dimension open (`None`), so batches of any size reuse one trace.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +61,7 @@ class RunInfo:
 
 def read_run(path: str) -> RunInfo:
     """The run's spec, inputs, outputs, data facts and metrics: no TensorFlow, no model file read."""
-    from ..spec.resolve import resolve
-    from ..spec.validate import validate
+    from ..spec.validate import load_spec
 
     run = RunDir(path)
     if not run.path.is_dir():
@@ -70,15 +70,12 @@ def read_run(path: str) -> RunInfo:
         if not required.is_file():
             raise ServeError(Diagnostic(f"{run.path} holds no {required.name}; is it a finished kspec run?"))
     try:
-        spec = validate(resolve(str(run.spec)), str(run.spec))
+        spec = load_spec(run.spec)
     except SpecError as exc:
-        tree = _plain_tree(run.spec)
-        plugins = tree.get("plugins") if isinstance(tree, dict) else None
-        if plugins:
-            names = [plugins] if isinstance(plugins, str) else list(plugins)
+        if re.search(r"^plugins:", run.spec.read_text(errors="replace"), re.M):
             raise SpecError(exc.diagnostics + [Diagnostic(
-                f"the run was trained with plugins ({', '.join(map(str, names))}); kspec serve never imports "
-                "a run's `plugins:`", hint="pass each one you trust with --plugin MODULE")]) from None
+                f"{run.spec} names `plugins:`, which kspec serve never imports",
+                hint="pass each plugin module you trust with --plugin MODULE")]) from None
         raise
     info = read_json(run.data) or {}
     features = info.get("feature_names") or {}
@@ -94,16 +91,6 @@ def read_run(path: str) -> RunInfo:
         inputs.append(InputInfo(i.name, shape, i.dtype, tuple(features.get(i.name) or ()), image))
     return RunInfo(run.path, spec, spec.name, inputs, list(spec.model.outputs), info, read_json(run.metrics) or {},
                    hashlib.sha256(run.spec.read_bytes()).hexdigest(), run.curves.is_file())
-
-
-def _plain_tree(path: Path) -> Any:
-    try:
-        from ..spec.load import load_file
-        from ..spec.tree import plain
-
-        return plain(load_file(path))
-    except Exception:
-        return None
 
 
 class ServedModel:
