@@ -180,7 +180,7 @@ def make_app(state: State, on_startup=(), on_shutdown=()) -> Starlette:
 
     @handler
     async def readyz(request: Request) -> Response:
-        if state.ready:
+        if state.batcher is not None and state.model is not None:
             stats = state.batcher.stats
             return _json({"status": "ready", "model": state.name, "batches": stats.batches,
                           "examples": stats.examples, "largest_batch": stats.largest, "traces": state.model.traces})

@@ -41,7 +41,7 @@ def decode_image(data: bytes, size: tuple[int, int], mode: str, max_pixels: int 
     if width * height > max_pixels:
         raise ImageError(f"is {width}x{height} pixels, more than the limit of {max_pixels:,} (--max-image-pixels)")
     try:
-        return load_image(io.BytesIO(data), size, mode)  # type: ignore[arg-type]   (Pillow takes a file object)
+        return load_image(io.BytesIO(data), size, mode)  # type: ignore[arg-type]  # Pillow takes a file object
     except KspecError:
         raise ImageError("does not decode as an image: the file is damaged or truncated") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
