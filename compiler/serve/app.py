@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,9 +255,20 @@ def metadata_of(state: State, model: ServedModel, versions: dict[str, str]) -> d
                         "features": list(i.features)} for i in run.inputs],
             "outputs": outputs,
             "fields": state.decoder.fields(),
-            "metrics": run.metrics,
+            "metrics": _finite(run.metrics),
             "spec_hash": f"sha256:{run.spec_hash}",
             "versions": versions,
             "has_curves": run.has_curves,
         },
     }
+
+
+def _finite(value: Any) -> Any:
+    """metrics.json with NaN/infinity as null: the answer is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
