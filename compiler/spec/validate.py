@@ -10,6 +10,7 @@ The result is the typed `Spec` every later stage reads.
 from __future__ import annotations
 
 import json
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -123,6 +124,7 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
 
     # A value resolving already complained about (a bad `${expr}`, an unknown `$param`) is left as its
     # text, which the schema then rejects as a wrong type: one error per value is enough.
+    _check_finite(tree, errors, display_path)
     resolved = {d.loc for d in errors.diagnostics if d.loc is not None}
     errors.diagnostics.extend(d for d in schema_errors(tree, display_path) if d.loc not in resolved)
     if not resolved_cleanly:   # nodes were dropped: reference checks would only echo those errors
@@ -130,12 +132,27 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
     structural = bool(errors.diagnostics)
     try:
         spec = _typed(tree, file, errors, display_path)
-    except (KeyError, TypeError, ValueError, AttributeError, StopIteration):
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration, OverflowError):
         if not structural:   # a bad shape the schema should have caught
             raise
         spec = None
     errors.raise_if_any()
     return spec
+
+
+def _check_finite(tree: Map, errors: Collector, display_path) -> None:
+    """`.inf` and `.nan` are YAML numbers, but no spec value means them (a seed, a rate, a size):
+    one located error each, before any stage converts them (`int(inf)` would be an internal error)."""
+    stack: list[tuple[Any, tuple]] = [(tree, ())]
+    while stack:
+        node, path = stack.pop()
+        items = node.items() if isinstance(node, Map) else enumerate(node) if isinstance(node, Seq) else ()
+        for key, value in items:
+            if isinstance(value, float) and not math.isfinite(value):
+                loc, via = locate(tree, list(path) + [key])
+                errors.add(f"expected a finite number, got {value}", loc, display_path(list(path) + [key]), via=via)
+            elif isinstance(value, (Map, Seq)):
+                stack.append((value, path + (key,)))
 
 
 # -- typed conversion + semantic checks ---------------------------------------------------
