@@ -112,3 +112,44 @@ def test_long_values_are_cut_in_messages(tmp_path, value):
     result = kspec_bounded("validate", str(path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert max(len(line) for line in result.stderr.splitlines()) < 400, result.stderr
+
+
+# -- build: weights are sized before they are allocated ---------------------------------------
+
+def test_huge_layer_is_refused_at_build_before_allocating(tmp_path, capsys):
+    import compiler.build.graph  # noqa: F401 - TensorFlow's import is not what is timed
+    from compiler.cli import main
+
+    path = write(tmp_path / "huge.yaml", """\
+        kspec: 1
+        model:
+          inputs: {x: {shape: [4]}}
+          layers:
+            - Dense: {units: 8}
+            - Dense: {units: 1000000000000}
+        """)
+    started = time.monotonic()
+    code = main(["build", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"{path}:6:7: error: Dense 'dense_1' needs 36.0 TB of weights" in err, err
+    assert "(at model.layers[1])" in err and "KSPEC_MAX_WEIGHT_BYTES" in err
+    assert time.monotonic() - started < 10          # no terabyte allocation was attempted
+
+
+def test_weight_limit_counts_the_whole_model_and_can_be_set(tmp_path, monkeypatch):
+    from compiler.build import build_model
+    from compiler.errors import SpecError
+    from compiler.spec.validate import load_spec
+
+    path = write(tmp_path / "small.yaml", "kspec: 1\nmodel:\n  inputs: {x: {shape: [4]}}\n  layers:\n"
+                 "    - Dense: {units: 8}\n    - Dense: {units: 300}\n    - Dense: {units: 3}\n")
+    spec = load_spec(path)
+    assert build_model(spec.model).count_params() == 4 * 8 + 8 + 8 * 300 + 300 + 300 * 3 + 3
+    monkeypatch.setenv("KSPEC_MAX_WEIGHT_BYTES", "2000")
+    with pytest.raises(SpecError) as refused:
+        build_model(spec.model)
+    (d,) = refused.value.diagnostics
+    assert d.loc.line == 6 and d.path == "model.layers[1]"
+    assert "'dense_1' needs 10.8 kB of weights, 11.0 kB for the model so far" in d.message
+    assert "the limit is KSPEC_MAX_WEIGHT_BYTES" in d.hint
