@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from .extends import relative_to
 from .resolve import resolve
 from .schema_errors import to_diagnostics
 from .tree import Map, Seq, format_path, locate, plain
-from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec
+from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec, default
 
 SIBLINGS = ("name", "inputs", "share", "call")
 SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name"}
@@ -175,7 +176,8 @@ def _component(kind: str, value: Any, parent, key) -> Component:
 
 
 def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
-    inputs = tuple(InputSpec(name, tuple(spec["shape"]), spec.get("dtype", "float32"), model["inputs"].key_loc(name))
+    inputs = tuple(InputSpec(name, tuple(spec["shape"]), spec.get("dtype", default(InputSpec, "dtype")),
+                             model["inputs"].key_loc(name))
                    for name, spec in model["inputs"].items())
     layers: Seq = model["layers"]
     known = {i.name for i in inputs}
@@ -217,6 +219,8 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
             args = plain(item[kind]) or {}
             if kind == "Backbone" and isinstance(item[kind], Map):
                 args = _backbone_paths(item[kind], args)
+                check_pattern(args.get("trainable"), item[kind].value_loc("trainable"),
+                              display_path(path + [kind, "trainable"]), errors)
         record = {"__layer": kind, "__args": args, "__origin": shares or item["name"]}
         by_name[item["name"]] = record
         nodes.append(NodeSpec(item["name"], kind, args, tuple(refs), item.loc, where, item.via, shares))
@@ -327,25 +331,45 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
     callbacks = tuple(_component("callbacks", c, train["callbacks"], i) for i, c in enumerate(train.get("callbacks") or []))
     phases = []
     for i, phase in enumerate(train.get("phases") or []):
+        check_pattern(phase.get("trainable"), phase.value_loc("trainable"), f"train.phases[{i}].trainable", errors)
         phases.append(PhaseSpec(
             name=str(phase.get("name", f"phase_{i + 1}")), epochs=int(phase["epochs"]),
             trainable=phase.get("trainable"),
             optimizer=_component("optimizers", phase["optimizer"], phase, "optimizer") if "optimizer" in phase else None,
-            learning_rate=phase.get("learning_rate"), loc=train["phases"].item_loc(i)))
-    precision = train.get("mixed_precision", "auto")
-    class_weight = train.get("class_weight")
+            learning_rate=phase.get("learning_rate"), loc=train["phases"].item_loc(i),
+            trainable_loc=phase.value_loc("trainable") if "trainable" in phase else None))
+    def given(key: str):   # what the spec says, else the typed spec's own default (types.py)
+        return train.get(key, default(TrainSpec, key))
+
+    precision = given("mixed_precision")
+    class_weight = given("class_weight")
     return TrainSpec(
         optimizer=optimizer, losses=losses, metrics=metrics, loss_weights=weights,
-        batch_size=int(train.get("batch_size", 32)), epochs=int(train.get("epochs", 10)),
+        batch_size=int(given("batch_size")), epochs=int(given("epochs")),
         callbacks=callbacks,
-        class_weight={int(k): float(v) for k, v in class_weight.items()} if isinstance(class_weight, Map) else class_weight,
-        phases=tuple(phases), keep=train.get("keep", "best"), monitor=train.get("monitor", "val_loss"),
-        deterministic=bool(train.get("deterministic", False)),
+        class_weight=({int(k): float(v) for k, v in class_weight.items()} if isinstance(class_weight, Map)
+                      else class_weight),
+        phases=tuple(phases), keep=given("keep"), monitor=given("monitor"),
+        deterministic=bool(given("deterministic")),
         mixed_precision=None if precision in (None, "none") else precision,
-        jit_compile=train.get("jit_compile", "auto"), distribute=train.get("distribute", "auto"),
-        memory_growth=train.get("memory_growth", "auto"),
-        steps_per_execution=int(train.get("steps_per_execution", 1)), ensemble=int(train.get("ensemble", 1)), diagnostics=plain(train.get("diagnostics")) or {},
+        jit_compile=given("jit_compile"), distribute=given("distribute"),
+        memory_growth=given("memory_growth"),
+        steps_per_execution=int(given("steps_per_execution")), ensemble=int(given("ensemble")),
+        diagnostics=plain(given("diagnostics")) or {},
         loc=train.loc)
+
+
+def check_pattern(trainable, loc, path: str, errors: Collector) -> None:
+    """A `trainable` pattern (Backbone or phase) is a valid regular expression, checked here, at its
+    location, rather than when training reaches it. (Whether it matches a layer needs the built model:
+    build/backbone.py and train/run.py check that, before training starts.)"""
+    if not isinstance(trainable, str):
+        return
+    try:
+        re.compile(trainable)
+    except re.error as exc:
+        errors.add(f"`trainable` is not a valid regular expression ({trainable!r}: {exc})", loc, path,
+                   hint="a regular expression searched in layer names, e.g. 'block_16|Conv_1'; true or false")
 
 
 def _backbone_paths(written: Map, args: dict) -> dict:
@@ -372,8 +396,10 @@ def _data(data: Map) -> DataSpec:
     augment = tuple(_component("augment", a, data["augment"], i) for i, a in enumerate(data.get("augment") or []))
     reshape = data.get("reshape")
     classes = data.get("classes")
-    return DataSpec(source=kind, params=params, validation=float(split.get("validation", 0.0)),
-                    test=float(split.get("test", 0.0)), stratify=split.get("stratify"), split_seed=split.get("seed"),
+    return DataSpec(source=kind, params=params,
+                    validation=float(split.get("validation", default(DataSpec, "validation"))),
+                    test=float(split.get("test", default(DataSpec, "test"))), stratify=split.get("stratify"),
+                    split_seed=split.get("seed"),
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
                     classes=tuple(str(c) for c in classes) if classes is not None else None,
                     loc=data.loc, classes_loc=data.value_loc("classes") if classes is not None else None)
