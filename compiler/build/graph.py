@@ -82,11 +82,14 @@ def build_model(model: ModelSpec, name: str = "model",
         try:
             if layer is None:
                 built[node.name], out = _backbone(node, args[0] if len(args) == 1 else args)
-            elif not node.shares and (too_big := weights.check(node, layer, args)) is not None:
-                diagnostics.append(too_big)
-                calling = False
-                continue
             else:
+                if not node.shares:      # sized (and built) before its weights are allocated
+                    layer, too_big = weights.check(node, layer, args)
+                    built[node.name] = layer
+                    if too_big is not None:
+                        diagnostics.append(too_big)
+                        calling = False
+                        continue
                 out = _call(layer, args)
         except SpecError as exc:
             diagnostics.extend(exc.diagnostics)
