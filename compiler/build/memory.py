@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from .. import keras_compat
 from ..errors import Diagnostic
 from ..spec.types import NodeSpec
 from . import errors as build_errors
@@ -64,15 +65,11 @@ def size_text(n: float) -> str:
 
 def _pending() -> list:
     """Keras's list of variables created in a stateless scope and not yet given values."""
-    from keras.src.backend.common import global_state
-
-    return list(global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True))
+    return keras_compat.deferred_variables()
 
 
 def _set_pending(variables: list) -> None:
-    from keras.src.backend.common import global_state
-
-    global_state.set_global_attribute("uninitialized_variables", variables)
+    keras_compat.set_deferred_variables(variables)
 
 
 def _bytes(variables) -> int:

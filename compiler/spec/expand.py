@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Collector, Loc
-from .expr import ExprError, evaluate
 from ..suggest import did_you_mean
+from .expr import ExprError, evaluate
 from .tree import Map, Seq, format_path
 
 SIBLINGS = ("name", "inputs", "share", "repeat", "layers", "call")

@@ -14,14 +14,9 @@ from ..errors import Diagnostic, Loc, SpecError
 from . import schemas
 from .load import LoadBudget, load_file
 from .tree import Map, Seq, copy
+from .types import relative_to
 
 MAX_EXTENDS_DEPTH = 20
-
-
-def relative_to(loc: Loc | None, value: str) -> Path:
-    """A path written in a spec, made relative to the folder of the file it was written in."""
-    base = Path(loc.file).parent if loc and loc.line else Path(".")
-    return base / value
 
 
 def not_a_spec(tree, name: str, at: Loc | None) -> SpecError | None:

@@ -13,10 +13,11 @@ from typing import Callable
 from ..errors import Collector, Diagnostic, Loc, SpecError
 from . import schemas
 from .expand import REQUIRED, Block, Expander, Scope
-from .extends import load_with_extends, relative_to
+from .extends import load_with_extends
 from .load import LoadBudget, load_file
 from .overrides import apply_overrides
 from .tree import Map, Seq
+from .types import relative_to
 
 CURRENT_VERSION = 1
 
@@ -71,7 +72,8 @@ def upgrade(tree: Map, file: str) -> Map:
     version = tree.get("kspec")
     if "kspec" not in tree:
         raise SpecError(Diagnostic(f"missing 'kspec: {CURRENT_VERSION}' (the spec format version)",
-                                   tree.loc or Loc(file, 1, 1), hint=f"add `kspec: {CURRENT_VERSION}` as the first line"))
+                                   tree.loc or Loc(file, 1, 1),
+                                   hint=f"add `kspec: {CURRENT_VERSION}` as the first line"))
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CURRENT_VERSION:
         raise SpecError(Diagnostic(f"unknown spec format version {version!r}: this kspec reads versions "
                                    f"1 to {CURRENT_VERSION}", tree.value_loc("kspec"), "kspec",

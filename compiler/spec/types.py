@@ -9,6 +9,7 @@ so a Keras error at build or train time still points at the spec.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import Loc
@@ -27,6 +28,12 @@ def default(cls: type, name: str) -> Any:
                 return f.default_factory()
             break
     raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
+def relative_to(loc: Loc | None, value: str) -> Path:
+    """A path written in a spec, made relative to the folder of the file it was written in."""
+    base = Path(loc.file).parent if loc and loc.line else Path(".")
+    return base / value
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,8 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class PhaseSpec:
-    """One training phase: `{epochs: 5, trainable: false}` then `{epochs: 10, trainable: "block_16.*", learning_rate: 1e-5}`."""
+    """One training phase: `{epochs: 5, trainable: false}`, then
+    `{epochs: 10, trainable: "block_16.*", learning_rate: 1e-5}`."""
 
     name: str
     epochs: int

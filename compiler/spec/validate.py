@@ -20,11 +20,11 @@ from typing import Any
 from ..errors import Collector
 from ..suggest import did_you_mean
 from . import schemas
-from .extends import relative_to
 from .resolve import resolve
 from .schema_errors import to_diagnostics
 from .tree import Map, Seq, format_path, locate, plain
-from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec, default
+from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec, relative_to
+from .types import default as typed_default
 
 SIBLINGS = ("name", "inputs", "share", "call")
 SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name"}
@@ -176,7 +176,7 @@ def _component(kind: str, value: Any, parent, key) -> Component:
 
 
 def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
-    inputs = tuple(InputSpec(name, tuple(spec["shape"]), spec.get("dtype", default(InputSpec, "dtype")),
+    inputs = tuple(InputSpec(name, tuple(spec["shape"]), spec.get("dtype", typed_default(InputSpec, "dtype")),
                              model["inputs"].key_loc(name))
                    for name, spec in model["inputs"].items())
     layers: Seq = model["layers"]
@@ -236,8 +236,10 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
                    loc, "model.outputs")
     for i, out in enumerate(outputs):
         if out not in all_names:
-            loc, _ = locate(model, ["outputs", i]) if isinstance(model.get("outputs"), Seq) else locate(model, ["outputs"])
-            errors.add(f"output '{out}' is not a node" + did_you_mean(out, names), loc, f"model.outputs[{i}]")
+            loc, _ = (locate(model, ["outputs", i]) if isinstance(model.get("outputs"), Seq)
+                      else locate(model, ["outputs"]))
+            errors.add(f"output '{out}' is not a node" + did_you_mean(out, names), loc,
+                       f"model.outputs[{i}]")
     _check_acyclic(nodes, known, errors)
     return ModelSpec(inputs, tuple(_topological(nodes, known)), tuple(outputs))
 
@@ -328,18 +330,20 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
         weights = dict(weights)
     elif isinstance(weights, Seq):
         weights = dict(zip(outputs, weights))
-    callbacks = tuple(_component("callbacks", c, train["callbacks"], i) for i, c in enumerate(train.get("callbacks") or []))
+    callbacks = tuple(_component("callbacks", c, train["callbacks"], i)
+                      for i, c in enumerate(train.get("callbacks") or []))
     phases = []
     for i, phase in enumerate(train.get("phases") or []):
         check_pattern(phase.get("trainable"), phase.value_loc("trainable"), f"train.phases[{i}].trainable", errors)
         phases.append(PhaseSpec(
             name=str(phase.get("name", f"phase_{i + 1}")), epochs=int(phase["epochs"]),
             trainable=phase.get("trainable"),
-            optimizer=_component("optimizers", phase["optimizer"], phase, "optimizer") if "optimizer" in phase else None,
+            optimizer=(_component("optimizers", phase["optimizer"], phase, "optimizer") if "optimizer" in phase
+                       else None),
             learning_rate=phase.get("learning_rate"), loc=train["phases"].item_loc(i),
             trainable_loc=phase.value_loc("trainable") if "trainable" in phase else None))
     def given(key: str):   # what the spec says, else the typed spec's own default (types.py)
-        return train.get(key, default(TrainSpec, key))
+        return train.get(key, typed_default(TrainSpec, key))
 
     precision = given("mixed_precision")
     class_weight = given("class_weight")
@@ -397,8 +401,8 @@ def _data(data: Map) -> DataSpec:
     reshape = data.get("reshape")
     classes = data.get("classes")
     return DataSpec(source=kind, params=params,
-                    validation=float(split.get("validation", default(DataSpec, "validation"))),
-                    test=float(split.get("test", default(DataSpec, "test"))), stratify=split.get("stratify"),
+                    validation=float(split.get("validation", typed_default(DataSpec, "validation"))),
+                    test=float(split.get("test", typed_default(DataSpec, "test"))), stratify=split.get("stratify"),
                     split_seed=split.get("seed"),
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
                     classes=tuple(str(c) for c in classes) if classes is not None else None,
