@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..suggest import suggest
+from ..suggest import did_you_mean
 from .defaults import MAX_EXAMPLES, MAX_IMAGE_PIXELS, MAX_VALUES
 from .images import ImageError, decode_image
 from .model import InputInfo
@@ -65,11 +65,6 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
 
 
-def _did_you_mean(name: str, options) -> str:
-    close = suggest(name, list(options))
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -105,7 +100,7 @@ class Decoder:
         forms = [k for k in ("instances", "inputs") if k in body]
         unknown = [k for k in body if k not in ("instances", "inputs", "signature_name")]
         if unknown:
-            close = _did_you_mean(unknown[0], ["instances", "inputs"])
+            close = did_you_mean(unknown[0], ["instances", "inputs"])
             raise RequestError(f"unknown field {unknown[0]!r} in the request{close}"
                                " (fields: instances or inputs, signature_name)")
         if len(forms) != 1:
@@ -314,7 +309,7 @@ class Decoder:
     def _check_keys(self, value: dict, expected: list[str], where: str, what: str) -> None:
         unknown = [k for k in value if k not in expected]
         if unknown:
-            raise RequestError(f"{where} has unknown {what} {unknown[0]!r}{_did_you_mean(unknown[0], expected)} "
+            raise RequestError(f"{where} has unknown {what} {unknown[0]!r}{did_you_mean(unknown[0], expected)} "
                                f"({what}s: {', '.join(expected)})")
         missing = [k for k in expected if k not in value]
         if missing:
