@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-LOCK   := constraints.txt        # the exact versions the suite passed with (`make lock` rewrites it)
+# The exact versions the suite passed with (`make lock` rewrites it).
+LOCK   := constraints.txt
 EXTRAS := test,onnx,serve
 
 .PHONY: demo test test-fast test-latest lock fuzz schemas bench clean
