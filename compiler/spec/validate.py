@@ -200,6 +200,8 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
             args = plain(item[kind]) or {}
             if kind == "Backbone" and isinstance(item[kind], Map):
                 args = _backbone_paths(item[kind], args)
+            if kind == "Expression" and isinstance(item[kind], Map):
+                _check_expression(item[kind], len(refs), errors, display_path(path + [kind, "expr"]), item.via)
         record = {"__layer": kind, "__args": args, "__origin": shares or item["name"]}
         by_name[item["name"]] = record
         nodes.append(NodeSpec(item["name"], kind, args, tuple(refs), item.loc, where, item.via, shares))
@@ -219,6 +221,38 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
             errors.add(f"output '{out}' is not a node" + did_you_mean(out, names), loc, f"model.outputs[{i}]")
     _check_acyclic(nodes, known, errors)
     return ModelSpec(inputs, tuple(_topological(nodes, known)), tuple(outputs))
+
+
+def _check_expression(args: Map, n_inputs: int, errors: Collector, where: str, via) -> None:
+    """An `Expression` layer's text, checked as the layer will parse it (without Keras), at the character."""
+    from dataclasses import replace
+
+    from .tensor_expr import TensorExprError, parse
+
+    text, names = args.get("expr"), args.get("names")
+    if not isinstance(text, str) or not isinstance(names, Seq):
+        return                            # the schema reports a missing or non-string `expr`
+    loc = args.value_loc("expr")
+    if len(names) != n_inputs:
+        errors.add(f"the expression names {len(names)} input(s) ({', '.join(map(str, names))}) but the node has "
+                   f"{n_inputs}", args.value_loc("names") or loc, where.rsplit(".", 1)[0] + ".names", via=via)
+        return
+    try:
+        parse(text, [str(n) for n in names])
+    except TensorExprError as exc:
+        if loc is not None and exc.offset and "\n" not in text:
+            quoted = _quote_width(loc)
+            loc = replace(loc, col=loc.col + quoted + exc.offset)
+        errors.add(f"bad expression: {exc}", loc, where, via=via)
+
+
+def _quote_width(loc) -> int:
+    """1 if the scalar at `loc` starts with a quote in its file (so the text starts one column later), else 0."""
+    try:
+        line = Path(loc.file).read_text(errors="replace").splitlines()[loc.line - 1]
+    except (OSError, IndexError):
+        return 0
+    return 1 if line[loc.col - 1:loc.col] in ("'", '"') else 0
 
 
 def _check_acyclic(nodes: list[NodeSpec], inputs: set[str], errors: Collector) -> None:
