@@ -28,13 +28,14 @@ def _spec_args(p: argparse.ArgumentParser, many: bool = False) -> None:
 
 def cmd_validate(args) -> int:
     from .errors import SpecError
+    from .registry import require_declared_plugins
     from .spec.validate import load_spec
 
     _load_plugins(args.plugin)
     failures = []
     for path in args.spec:
         try:
-            load_spec(path, args.overrides)
+            require_declared_plugins(load_spec(path, args.overrides))
             print(f"{path}: ok")
         except SpecError as exc:
             failures.extend(exc.diagnostics)
@@ -77,19 +78,29 @@ def _load_plugins(names) -> None:
     load_plugins(names)
 
 
+def _require_declared_plugins(spec) -> None:
+    from .registry import require_declared_plugins
+
+    require_declared_plugins(spec)
+
+
 def cmd_build(args) -> int:
     from .spec.validate import load_spec
 
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    _require_declared_plugins(spec)
     import_tensorflow()
+    import keras
+
     from .build import build_model, compile_model, describe
 
+    keras.utils.set_random_seed(spec.seed)        # seeded like `kspec train`: two builds, the same weights
     model = build_model(spec.model, spec.name)
     if spec.train is not None:
         compile_model(model, spec.train, spec.model)
     out_dir = Path(args.output).parent if args.output else None
-    print(describe(model, out_dir))
+    print(describe(model, out_dir, Path(args.output).stem if args.output else "model"))
     if args.output:
         from .train.rundir import atomic_save_model
 
@@ -103,6 +114,7 @@ def cmd_train(args) -> int:
 
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    _require_declared_plugins(spec)
     workers = args.workers
     several = (workers is not None and workers > 1) or args.cluster is not None or args.worker_index is not None
     if several and spec.train is not None and spec.train.ensemble > 1:
@@ -161,6 +173,7 @@ def cmd_check(args) -> int:
 
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    _require_declared_plugins(spec)
     import_tensorflow()
     overfit = args.overfit
     if overfit is None and not args.gradients:

@@ -389,6 +389,8 @@ class Expander:
             elif default is REQUIRED:
                 self.errors.add(f"block '{block_name}' needs parameter '{param}'", use_loc,
                                 format_path(path + (block_name,)), via=scope.via)
+            elif isinstance(default, str) and "$" in default:   # a default may use earlier parameters
+                env[param] = self.substitute(default, env, use_loc, scope.via, path + (block_name, param))
             else:
                 env[param] = default
         for given in args:

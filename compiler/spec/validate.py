@@ -49,6 +49,7 @@ def _validator():
 
     documents = {f.relative_to(schemas.SCHEMA_DIR).as_posix(): json.loads(f.read_text())
                  for f in schemas.SCHEMA_DIR.rglob("*.schema.json")}
+    schemas.with_plugin_components(documents)   # losses and metrics of `--plugin` modules
     root = documents["spec.schema.json"]
     # The schema lets every typed value be a `$param` / `${expr}` (editors see the raw file). The tree
     # validated here is resolved: expressions are evaluated and blocks expanded, so a string still
@@ -322,6 +323,12 @@ def _per_output(value, parent: Map, key: str, outputs, kind: str, errors: Collec
                     errors.add(f"'{k}' in train.{key} matches no output (outputs: {', '.join(outputs)})"
                                + did_you_mean(k, outputs), value.key_loc(k), f"train.{key}.{k}")
             return {k: one(value[k], value, k) for k in value if k in outputs}
+    if isinstance(value, Seq) and not many:   # `loss: [a, b]`: one per output, in the order of `outputs`
+        if len(value) != len(outputs):
+            errors.add(f"train.{key} lists {len(value)} value(s) for {len(outputs)} output(s) "
+                       f"({', '.join(outputs)}): give one per output in that order, or a mapping "
+                       f"`{{{outputs[0] if outputs else 'output'}: ...}}`", parent.value_loc(key), f"train.{key}")
+        return {o: one(v, value, i) for i, (o, v) in enumerate(zip(outputs, value))}
     return {o: one(value, parent, key) for o in outputs}
 
 

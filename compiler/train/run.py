@@ -203,7 +203,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state["epoch_done"]]
         history_io.write_history(run.history, rows)
     else:
-        model = _build(spec, splits, input_layers)
+        model = _build(spec, splits, input_layers, log=lambda line: _say(verbose, line))
         from ..diagnose.gradcheck import check_before_training
 
         check_before_training(spec, model, verbose)   # `diagnostics: {gradient_check: true}`
@@ -364,11 +364,18 @@ def _configure(spec: Spec, keras, tf) -> None:
     keras.mixed_precision.set_global_policy(mixed_precision_policy(spec.train.mixed_precision))
 
 
-def _build(spec: Spec, splits, input_layers):
+def _build(spec: Spec, splits, input_layers, log=print):
     from ..build import build_model, compile_model
+    from ..build.adapt import adapt_layers, needs_adapting
 
     layers = input_layers(spec.data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
+    if any(needs_adapting(layer) for layer in model.layers):   # an in-model Normalization: {} ...
+        import tensorflow as tf
+
+        x = splits.train.x
+        x = next(iter(x.values())) if len(x) == 1 else dict(x)
+        adapt_layers(model, tf.data.Dataset.from_tensor_slices(x).batch(spec.train.batch_size), log, spec.model)
     compile_model(model, spec.train, spec.model)
     return model
 
