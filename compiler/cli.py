@@ -35,7 +35,8 @@ def cmd_validate(args) -> int:
     failures = []
     for path in args.spec:
         try:
-            require_declared_plugins(load_spec(path, args.overrides))
+            require_declared_plugins(path)
+            load_spec(path, args.overrides)
             print(f"{path}: ok")
         except SpecError as exc:
             failures.extend(exc.diagnostics)
@@ -78,18 +79,18 @@ def _load_plugins(names) -> None:
     load_plugins(names)
 
 
-def _require_declared_plugins(spec) -> None:
+def _require_declared_plugins(path) -> None:
     from .registry import require_declared_plugins
 
-    require_declared_plugins(spec)
+    require_declared_plugins(path)
 
 
 def cmd_build(args) -> int:
     from .spec.validate import load_spec
 
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
+    _require_declared_plugins(args.spec)
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
-    _require_declared_plugins(spec)
     import_tensorflow()
     import keras
 
@@ -113,8 +114,8 @@ def cmd_train(args) -> int:
     from .spec.validate import load_spec
 
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
+    _require_declared_plugins(args.spec)
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
-    _require_declared_plugins(spec)
     workers = args.workers
     several = (workers is not None and workers > 1) or args.cluster is not None or args.worker_index is not None
     if several and spec.train is not None and spec.train.ensemble > 1:
@@ -172,8 +173,8 @@ def cmd_check(args) -> int:
     from .spec.validate import load_spec
 
     _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
+    _require_declared_plugins(args.spec)
     spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
-    _require_declared_plugins(spec)
     import_tensorflow()
     overfit = args.overfit
     if overfit is None and not args.gradients:

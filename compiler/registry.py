@@ -181,21 +181,29 @@ def loaded_plugins() -> list[str]:
     return list(_loaded)
 
 
-def require_declared_plugins(spec) -> None:
+def require_declared_plugins(path) -> None:
     """A spec's `plugins:` only DECLARES modules (nothing read from a file may import code): each one must
-    have been loaded with `--plugin` on the command line, else a located error naming the flag to pass."""
-    from .errors import Diagnostic, SpecError
-    from .spec.tree import Seq
+    have been loaded with `--plugin` on the command line, else a located error naming the flag to pass.
 
-    tree = spec.tree if isinstance(spec.tree, dict) else {}
-    declared = tree.get("plugins")
+    Checked on the spec file as written, before it is resolved, so this error comes first rather than
+    the unknown layer, loss and metric names the missing module would have defined."""
+    from .errors import Diagnostic, KspecError, SpecError
+    from .spec.load import load_file
+    from .spec.tree import Map, Seq
+
+    try:
+        tree = load_file(path)
+    except KspecError:
+        return                           # loading the spec reports it
+    declared = tree.get("plugins") if isinstance(tree, Map) else None
     if not declared:
         return
-    items = declared if isinstance(declared, list) else [declared]
+    items = list(declared) if isinstance(declared, Seq) else [declared]
     missing = [(i, str(name)) for i, name in enumerate(items) if str(name) not in _loaded]
     if not missing:
         return
     flags = " ".join(f"--plugin {name}" for _, name in missing)
+
     def where(i: int):
         return declared.item_loc(i) if isinstance(declared, Seq) else tree.value_loc("plugins")
 
