@@ -241,7 +241,7 @@ def _check_expression(args: Map, n_inputs: int, errors: Collector, where: str, v
     try:
         parse(text, [str(n) for n in names])
     except TensorExprError as exc:
-        if loc is not None and exc.offset and "\n" not in text:
+        if loc is not None and "\n" not in text:
             quoted = _quote_width(loc)
             loc = replace(loc, col=loc.col + quoted + exc.offset)
         errors.add(f"bad expression: {exc}", loc, where, via=via)
