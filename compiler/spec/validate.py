@@ -203,6 +203,10 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
                 args = _backbone_paths(item[kind], args)
             if kind == "Expression" and isinstance(item[kind], Map):
                 _check_expression(item[kind], len(refs), errors, display_path(path + [kind, "expr"]), item.via)
+        if item["name"] in known:
+            loc, via = locate(layers, [index, "name"])
+            errors.add(f"node name '{item['name']}' is also a model input's name", loc or item.loc, where,
+                       via=via or item.via, hint="node names and input names share one namespace: rename the node")
         record = {"__layer": kind, "__args": args, "__origin": shares or item["name"]}
         by_name[item["name"]] = record
         nodes.append(NodeSpec(item["name"], kind, args, tuple(refs), item.loc, where, item.via, shares))
