@@ -1,4 +1,4 @@
-"""Write the small data files of the model examples (siamese, text Transformer, Wide & Deep) into examples/data/.
+"""Write the small data files of the model examples (siamese, text Transformer, Wide & Deep, text) into examples/data/.
 
 Everything is made offline from the seed: the siamese pairs from scikit-learn's digits, the token
 sequences and the tabular rows from numpy. Run it again to remake the files exactly:
@@ -50,9 +50,27 @@ def wide_deep(rng, n=1000) -> dict:
             "shape": shape.astype(np.int8)[:, None], "numbers": numbers, "buy": buy}
 
 
+def reviews(rng, n=800) -> dict:
+    """Short made-up reviews as raw text; `positive` says whether their opinion words lean positive."""
+    good = "great lovely superb fine delightful charming excellent".split()
+    bad = "awful dull poor boring terrible clumsy weak".split()
+    filler = "the film plot cast music story ending was and a with very quite rather".split()
+    texts, labels = [], []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        words = list(rng.choice(filler, rng.integers(4, 8)))
+        opinion = rng.choice(good if positive else bad, 2).tolist() + rng.choice(bad if positive else good, 1).tolist()
+        for word in opinion:
+            words.insert(int(rng.integers(0, len(words) + 1)), word)
+        texts.append(" ".join(words).capitalize() + ".")
+        labels.append(int(positive))
+    return {"text": np.array(texts)[:, None], "positive": np.array(labels, dtype=np.int8)}
+
+
 def main() -> None:
     rng = np.random.default_rng(0)
-    for name, make in (("siamese_digits", siamese), ("order_tokens", tokens), ("wide_deep", wide_deep)):
+    for name, make in (("siamese_digits", siamese), ("order_tokens", tokens), ("wide_deep", wide_deep),
+                       ("reviews", reviews)):
         np.savez_compressed(OUT / f"{name}.npz", **make(rng))
         print(f"wrote {OUT / name}.npz")
 

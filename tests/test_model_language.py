@@ -195,7 +195,8 @@ def example_plugin():
     from compiler.spec import schemas
 
     saved = (dict(registry._plugins), {k: dict(v) for k, v in registry._plugin_components.items()},
-             list(registry._loaded), set(schemas._plugin_layers), {k: set(v) for k, v in schemas._plugin_components.items()})
+             list(registry._loaded), set(schemas._plugin_layers),
+             {k: set(v) for k, v in schemas._plugin_components.items()})
     sys.path.insert(0, str(PLUGINS))
     registry.load_plugins(["kspec_example_plugin"])
     yield
@@ -358,3 +359,22 @@ def test_build_is_seeded_and_names_its_diagram_after_the_output(tmp_path, capsys
     one, two = (keras.saving.load_model(tmp_path / f"{n}.keras") for n in ("one", "two"))
     for a, b in zip(one.get_weights(), two.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_text_model_adapts_its_vocabulary_and_exports_taking_raw_strings(tmp_path, capsys):
+    import keras
+    import tensorflow as tf
+
+    from compiler.export import export_run
+    from compiler.train import train
+
+    run = train(load_spec(ROOT / "examples" / "text_classifier.yaml", ["train.epochs=2"]), run_dir=tmp_path / "run",
+                verbose=1)
+    assert "adapted TextVectorization 'tokens' on the training split (vocabulary of" in capsys.readouterr().out
+    report = export_run(run, "saved_model", tmp_path / "served", verbose=False)
+    assert report.max_abs_diff <= 1e-5
+    texts = np.array([["A great and lovely film."], ["Dull, boring plot."]])
+    expected = keras.saving.load_model(run / "model.keras")(tf.constant(texts)).numpy()
+    loaded = tf.saved_model.load(str(tmp_path / "served"))        # kept referenced while serving
+    served = loaded.serve(tf.constant(texts))
+    np.testing.assert_allclose(served.numpy(), expected, atol=1e-6)
