@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import Collector, Loc
 from ..suggest import did_you_mean
@@ -197,6 +197,7 @@ class Expander:
         return previous
 
     def _repeat(self, item: Map, scope: Scope, previous, path) -> list[str] | None:
+        bindings: Iterable[dict]
         spec = self.substitute(item["repeat"], scope.env, item.value_loc("repeat"), scope.via, path + ("repeat",))
         times, var = (spec.get("times"), spec.get("as")) if isinstance(spec, Map) else (spec, None)
         loc = item.value_loc("repeat")
@@ -209,7 +210,7 @@ class Expander:
                             format_path(path + ("repeat",)), via=scope.via)
             return previous
         else:
-            bindings = [{var: i} if isinstance(var, str) else {} for i in range(times)]
+            bindings = ({var: i} if isinstance(var, str) else {} for i in range(times))   # lazy: bounded below
         extra = set(item) - {"repeat", "layers", "name"}
         if extra:
             self.errors.add(f"a repeat item holds only 'repeat' and 'layers', not {', '.join(sorted(extra))}",
