@@ -378,3 +378,33 @@ def test_a_text_model_adapts_its_vocabulary_and_exports_taking_raw_strings(tmp_p
     loaded = tf.saved_model.load(str(tmp_path / "served"))        # kept referenced while serving
     served = loaded.serve(tf.constant(texts))
     np.testing.assert_allclose(served.numpy(), expected, atol=1e-6)
+
+
+def test_node_names_inside_blocks_and_repeats_get_did_you_mean(tmp_path):
+    path = write(tmp_path, """\
+        model:
+          inputs: {x: {shape: [4]}}
+          blocks:
+            tower:
+              layers:
+                - Dense: {units: 3}
+                  name: inner
+                - Dense: {units: 2}
+          layers:
+            - tower: {}
+              name: a
+            - repeat: 2
+              layers:
+                - Dense: {units: 2}
+                  name: hidden
+            - Concatenate: {}
+              inputs: [a.iner, hiden_2]
+        """)
+    spec_nodes = ["a.inner", "a", "hidden_1", "hidden_2"]
+    first, second = errors_of(path)
+    assert "'a.iner' is not a node or model input; did you mean 'a.inner'?" in first.message
+    assert "'hiden_2' is not a node or model input; did you mean 'hidden_2'" in second.message
+    assert first.loc.line == second.loc.line == 19
+    fixed = path.read_text().replace("a.iner, hiden_2", "a.inner, hidden_2")
+    path.write_text(fixed)
+    assert [n.name for n in load_spec(path).model.nodes][:4] == spec_nodes
