@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compiler import tensor_expr
 from compiler.errors import SpecError
-from compiler.spec import tensor_expr
 from compiler.spec.validate import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@
       inputs: [a, b]
 
 The expression is data, never code: its text is parsed with the grammar of
-compiler/spec/tensor_expr.py (the same check `kspec validate` runs) and
+compiler/tensor_expr.py (the same check `kspec validate` runs) and
 evaluated by walking that tree over `keras.ops`. So the layer saves in
 `.keras` as its text and loads with `safe_mode` on, and the graph it traces is
 made of ordinary ops (SavedModel, TFLite and ONNX export it like any layer).
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import keras
 
-from ..spec import tensor_expr
+from .. import tensor_expr
 
 
 @keras.saving.register_keras_serializable(package="kspec")

@@ -18,8 +18,8 @@ from typing import Any, Iterable
 
 from ..errors import Collector, Loc
 from ..suggest import did_you_mean
+from ..tensor_expr import input_names
 from .expr import ExprError, evaluate
-from .tensor_expr import input_names
 from .tree import Map, Seq, format_path
 
 SIBLINGS = ("name", "inputs", "share", "repeat", "layers", "call")

@@ -231,7 +231,7 @@ def _check_expression(args: Map, n_inputs: int, errors: Collector, where: str, v
     """An `Expression` layer's text, checked as the layer will parse it (without Keras), at the character."""
     from dataclasses import replace
 
-    from .tensor_expr import TensorExprError, parse
+    from ..tensor_expr import TensorExprError, parse
 
     text, names = args.get("expr"), args.get("names")
     if not isinstance(text, str) or not isinstance(names, Seq):

@@ -23,7 +23,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from ..suggest import did_you_mean
+from .suggest import did_you_mean
 
 MAX_CHARS = 2000
 MAX_NODES = 500          # ast nodes: bounds the work of checking and of tracing the graph
