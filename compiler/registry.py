@@ -140,7 +140,8 @@ def load_plugin(module_name: str) -> list[str]:
 
     module = importlib.import_module(module_name)
     registered = set(keras.saving.get_custom_objects().values())
-    added, components = [], {"losses": [], "metrics": []}
+    added: list[str] = []
+    components: dict[str, list[str]] = {"losses": [], "metrics": []}
     for name, obj in vars(module).items():
         if getattr(obj, "__module__", None) != module.__name__ or name.startswith("_"):
             continue

@@ -157,7 +157,7 @@ def _check_call(node: ast.Call, names: tuple[str, ...]) -> None:
     if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
         raise TensorExprError("* and ** arguments are not allowed", where)
     given = len(node.args)
-    by_name = [k.arg for k in node.keywords]
+    by_name = [str(k.arg) for k in node.keywords]
     positional = sig.params if not sig.variadic else sig.params[:-1]
     if not sig.variadic and given > len(sig.params):
         raise TensorExprError(f"{function}() takes at most {len(sig.params)} arguments ({', '.join(sig.params)}), "
@@ -195,10 +195,10 @@ def _eval(node: ast.AST, values: Mapping[str, Any], ops: Any) -> Any:
         return _UNARY[type(node.op)](_eval(node.operand, values, ops))
     if isinstance(node, ast.BinOp):
         return _BINARY[type(node.op)](_eval(node.left, values, ops), _eval(node.right, values, ops))
-    if isinstance(node, ast.Call):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         function = getattr(ops, node.func.id)
         return function(*(_eval(a, values, ops) for a in node.args),
-                        **{k.arg: _eval(k.value, values, ops) for k in node.keywords})
+                        **{str(k.arg): _eval(k.value, values, ops) for k in node.keywords})
     raise TensorExprError(f"'{type(node).__name__}' is not allowed")   # parse() lets nothing else through
 
 

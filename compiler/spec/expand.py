@@ -202,9 +202,10 @@ class Expander:
         times, var = (spec.get("times"), spec.get("as")) if isinstance(spec, Map) else (spec, None)
         loc = item.value_loc("repeat")
         if isinstance(spec, Map) and "for" in spec:
-            bindings = self._for_bindings(spec, loc, scope, path + ("repeat",))
-            if bindings is None:
+            listed = self._for_bindings(spec, loc, scope, path + ("repeat",))
+            if listed is None:
                 return previous
+            bindings = listed
         elif isinstance(times, bool) or not isinstance(times, int) or times < 0:
             self.errors.add(f"'repeat' needs a whole number of times or `for: [...]`, got {times!r}", loc,
                             format_path(path + ("repeat",)), via=scope.via)
