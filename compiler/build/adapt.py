@@ -62,6 +62,17 @@ def adapt_layers(model: keras.Model, inputs_dataset, log: Callable[[str], Any] =
     return adapted
 
 
+def adapt_on_arrays(model: keras.Model, x: dict, batch_size: int, log: Callable[[str], Any] = print,
+                    spec_model: ModelSpec | None = None) -> list[str]:
+    """`adapt_layers` on in-memory training inputs (input name -> array); nothing when no layer needs it."""
+    if not any(needs_adapting(layer) for layer in model.layers):
+        return []
+    import tensorflow as tf
+
+    inputs = next(iter(x.values())) if len(x) == 1 else dict(x)
+    return adapt_layers(model, tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size), log, spec_model)
+
+
 def _stream_into(model: keras.Model, layer, dataset):
     """`dataset` mapped to the tensor that reaches `layer` (through a sub-model of `model`)."""
     import tensorflow as tf

@@ -366,16 +366,11 @@ def _configure(spec: Spec, keras, tf) -> None:
 
 def _build(spec: Spec, splits, input_layers, log=print):
     from ..build import build_model, compile_model
-    from ..build.adapt import adapt_layers, needs_adapting
+    from ..build.adapt import adapt_on_arrays
 
     layers = input_layers(spec.data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
-    if any(needs_adapting(layer) for layer in model.layers):   # an in-model Normalization: {} ...
-        import tensorflow as tf
-
-        x = splits.train.x
-        x = next(iter(x.values())) if len(x) == 1 else dict(x)
-        adapt_layers(model, tf.data.Dataset.from_tensor_slices(x).batch(spec.train.batch_size), log, spec.model)
+    adapt_on_arrays(model, splits.train.x, spec.train.batch_size, log, spec.model)   # an in-model Normalization: {}
     compile_model(model, spec.train, spec.model)
     return model
 
