@@ -408,3 +408,30 @@ def test_node_names_inside_blocks_and_repeats_get_did_you_mean(tmp_path):
     fixed = path.read_text().replace("a.iner, hiden_2", "a.inner, hidden_2")
     path.write_text(fixed)
     assert [n.name for n in load_spec(path).model.nodes][:4] == spec_nodes
+
+
+def test_a_csv_text_column_trains_and_predicts_from_raw_text(tmp_path, capsys):
+    import csv
+
+    from compiler.train import train
+    from compiler.train.predict import predict_run
+
+    reviews = np.load(ROOT / "examples" / "data" / "reviews.npz")
+    with open(tmp_path / "reviews.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["review", "positive"])
+        writer.writerows(zip(reviews["text"][:200, 0], reviews["positive"][:200]))
+    spec_text = (ROOT / "examples" / "text_classifier.yaml").read_text().replace(
+        "source: {npz: data/reviews.npz}", "source: {csv: reviews.csv, target: positive}")
+    (tmp_path / "spec.yaml").write_text(spec_text)
+    run = train(load_spec(tmp_path / "spec.yaml", ["train.epochs=2"]), run_dir=tmp_path / "run", verbose=0)
+    (tmp_path / "new.csv").write_text('review\n"A great, lovely film."\nDull and boring.\n')
+    predictions = predict_run(run, str(tmp_path / "new.csv"))
+    assert predictions["positive"].shape == (2, 2)
+    assert capsys.readouterr().out.splitlines()[0] == "class,p_0,p_1"
+
+    from compiler.errors import DataError
+
+    (tmp_path / "other.csv").write_text("comment,stars\nfine,5\n")          # no `review` column
+    with pytest.raises(DataError, match="review"):
+        predict_run(run, str(tmp_path / "other.csv"))
