@@ -25,6 +25,8 @@ from .tree import Map, Seq, format_path
 SIBLINGS = ("name", "inputs", "share", "repeat", "layers", "call")
 MAX_BLOCK_DEPTH = 16
 MAX_NODES = 5000
+MAX_ITERATIONS = 100_000   # repeat iterations in all (an empty or nested repeat adds no node, yet costs time)
+MAX_VALUES = 2_000_000     # values copied while expanding (a large argument in a block used many times)
 
 _PARAM = re.compile(r"^\$([A-Za-z_]\w*)$")
 _WHOLE_EXPR = re.compile(r"^\$\{(.*)\}$", re.S)
@@ -89,11 +91,19 @@ class Expander:
         self.start: list[str] | None = None   # what the first node chains to (the single model input)
         self.too_big = False
         self.uses: dict[str, Use] = {}        # block use name -> its nodes and wiring (for `share:`)
+        self.iterations = 0
+        self.values = 0
 
     # -- parameters -------------------------------------------------------------------------
 
     def substitute(self, value: Any, env: dict, loc: Loc | None, via: tuple, path: tuple) -> Any:
         """A copy of `value` with `$param` and `${expr}` replaced; locations kept."""
+        self.values += 1
+        if self.values > MAX_VALUES:
+            if not self.too_big:
+                self.too_big = True
+                self.errors.add(f"the model expands to more than {MAX_VALUES:,} values", loc, format_path(path))
+            return None
         if isinstance(value, Map):
             out = Map(loc=value.loc, via=via or value.via)
             out.source_path = value.source_path
@@ -166,12 +176,16 @@ class Expander:
     # -- expansion --------------------------------------------------------------------------
 
     def overflowed(self, loc, path) -> bool:
-        """True once the model has grown past MAX_NODES (reported once, at the item that did it)."""
-        if len(self.nodes) <= MAX_NODES:
+        """True once the model has grown past MAX_NODES, MAX_ITERATIONS or MAX_VALUES (reported once, at
+        the item that did it)."""
+        if self.too_big:
+            return True
+        if len(self.nodes) <= MAX_NODES and self.iterations <= MAX_ITERATIONS:
             return False
         if not self.too_big:
             self.too_big = True
-            self.errors.add(f"the model expands to more than {MAX_NODES} nodes", loc, format_path(path))
+            what = f"{MAX_NODES} nodes" if len(self.nodes) > MAX_NODES else f"{MAX_ITERATIONS:,} repeat iterations"
+            self.errors.add(f"the model expands to more than {what}", loc, format_path(path))
         return True
 
     def expand(self, items: Any, scope: Scope, previous: list[str] | None, path: tuple,
@@ -205,7 +219,7 @@ class Expander:
             listed = self._for_bindings(spec, loc, scope, path + ("repeat",))
             if listed is None:
                 return previous
-            bindings = listed
+            bindings, times = listed, len(listed)
         elif isinstance(times, bool) or not isinstance(times, int) or times < 0:
             self.errors.add(f"'repeat' needs a whole number of times or `for: [...]`, got {times!r}", loc,
                             format_path(path + ("repeat",)), via=scope.via)
@@ -219,7 +233,15 @@ class Expander:
         if "layers" not in item:
             self.errors.add("'repeat' needs a 'layers' list to repeat", loc, format_path(path), via=scope.via)
             return previous
+        per_time = len(item["layers"]) if isinstance(item["layers"], list) else 1
+        if times * per_time > MAX_NODES or times > MAX_ITERATIONS:   # known before expanding: fail at once
+            self.too_big = True
+            self.errors.add(f"'repeat: {times}' expands to more than {MAX_NODES} nodes" if per_time else
+                            f"'repeat: {times}' expands to more than {MAX_ITERATIONS:,} repeat iterations",
+                            loc, format_path(path + ("repeat",)), via=scope.via)
+            return previous
         for i, binding in enumerate(bindings):
+            self.iterations += 1
             if self.overflowed(loc, path):
                 break
             env = dict(scope.env, **binding)
