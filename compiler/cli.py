@@ -34,6 +34,9 @@ def _load_spec(args, path: str | None = None):
     if not getattr(args, "_plugins_loaded", False):
         _load_plugins(args.plugin)                # plugin layer names must be known to the resolver
         args._plugins_loaded = True
+    from .registry import require_declared_plugins
+
+    require_declared_plugins(args.spec if path is None else path)   # `plugins:` declares; only --plugin loads
     return load_spec(args.spec if path is None else path, args.overrides)
 
 
@@ -87,13 +90,16 @@ def _load_plugins(names) -> None:
 def cmd_build(args) -> int:
     spec = _load_spec(args)
     import_tensorflow()
+    import keras
+
     from .build import build_model, compile_model, describe
 
+    keras.utils.set_random_seed(spec.seed)        # seeded like `kspec train`: two builds, the same weights
     model = build_model(spec.model, spec.name)
     if spec.train is not None:
         compile_model(model, spec.train, spec.model)
     out_dir = Path(args.output).parent if args.output else None
-    print(describe(model, out_dir))
+    print(describe(model, out_dir, Path(args.output).stem if args.output else "model"))
     if args.output:
         from .train.rundir import atomic_save_model
 
