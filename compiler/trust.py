@@ -7,8 +7,8 @@ execution:
   (`trust_files`, `safe_mode_for`); a spec's `safe_mode: false` is an error at validate
   (compiler/spec/safety.py);
 - plugin modules are imported only from `--plugin MODULE`; a spec (or a run's spec.yaml) may
-  *declare* `plugins: [m]`, and then `require_plugins` says exactly which flag to pass
-  (compiler/registry.py re-exports it for the stages that load components from plugins).
+  *declare* `plugins: [m]`, and then `compiler.registry.require_declared_plugins` says exactly
+  which flag to pass (the one check, for specs and run directories alike).
 
 When safe mode refuses a file, `describe_unsafe` reads the archive's config.json (bounded, no
 Keras) to say what the file really holds (a Lambda layer, a TFSMLayer, a lookup layer reading
@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import Diagnostic, KspecError, Loc
+from .errors import Diagnostic
 
 MAX_CONFIG_BYTES = 64 << 20              # a config.json larger than this is not inspected
 _TRUSTED: set[Path] = set()
@@ -134,61 +134,3 @@ def refused(path: str | os.PathLike, keras_text: str = "", what: str = "") -> Di
 def is_safe_mode_refusal(exc: BaseException) -> bool:
     text = str(exc)
     return "safe_mode" in text or "unsafe" in text.lower() or "enable_unsafe_deserialization" in text
-
-
-# -- plugins: the spec declares, the command line loads ---------------------------------------------
-
-class PluginNotGiven(KspecError):
-    """A spec declares a plugin module that the command line did not load. Exit 2."""
-
-    exit_code = 2
-
-
-def declared_plugins(tree: Any) -> list[str]:
-    """The `plugins:` a (resolved) spec tree declares."""
-    value = tree.get("plugins") if isinstance(tree, dict) else None
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
-
-
-def require_spec_plugins(tree: Any, given: Iterable[str], command: str = "kspec ...",
-                         error: type[KspecError] = PluginNotGiven) -> None:
-    """require_plugins for a spec tree, located at its `plugins:` key."""
-    loc = tree.value_loc("plugins") if hasattr(tree, "value_loc") and "plugins" in tree else None
-    require_plugins(declared_plugins(tree), given, loc, command, error)
-
-
-def require_plugins(declared: Iterable[str], given: Iterable[str], loc: Loc | None = None,
-                    command: str = "kspec ...", error: type[KspecError] = PluginNotGiven) -> None:
-    """The spec DECLARES its plugins, the command line LOADS them: refuse a declared module that was not
-    given with `--plugin`, naming the exact flags to pass. Never imports anything."""
-    given = set(given or ())
-    missing = [m for m in dict.fromkeys(declared or ()) if m not in given]
-    if not missing:
-        return
-    flags = " ".join(f"--plugin {m}" for m in missing)
-    names = ", ".join(repr(m) for m in missing)
-    raise error(Diagnostic(
-        f"the spec declares plugin module{'s' * (len(missing) > 1)} {names}, which kspec does not import by "
-        "itself (a plugin is code: only the command line can load it)",
-        loc, "plugins",
-        hint=f"if you trust {'them' if len(missing) > 1 else 'it'}, add `{flags}` to the command ({command})"))
-
-
-def declared_run_plugins(run: str | os.PathLike) -> list[str]:
-    """The `plugins:` a run directory's spec.yaml declares (read with kspec's safe loader; nothing is
-    imported). [] for a model file, a folder without spec.yaml, or a spec.yaml that does not load
-    (the command itself then reports what is wrong with the run)."""
-    from .rundir import SPEC
-
-    spec = Path(run) / SPEC
-    if not spec.is_file():
-        return []
-    from .spec.load import load_file
-
-    try:
-        tree = load_file(spec)
-    except KspecError:
-        return []
-    return declared_plugins(tree)

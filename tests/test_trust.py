@@ -148,10 +148,10 @@ def test_declared_plugins_are_never_imported_without_the_flag(tmp_path, iris):
     (run / "kspec_probe.py").write_text(PROBE)         # shipped inside the run folder
     for args in (["evaluate", "."], ["predict", ".", "in.csv"], ["export", ".", "--format", "keras", "-o", "m.keras"]):
         err = clean_failure(kspec(*args, cwd=run))
-        assert "declares plugin module 'kspec_probe'" in err and "add `--plugin kspec_probe`" in err, err
+        assert "declares plugin module 'kspec_probe'" in err and "pass `--plugin kspec_probe`" in err, err
     (tmp_path / "spec.yaml").write_text(SPEC + "plugins: [kspec_probe]\n")
     err = clean_failure(kspec("train", tmp_path / "spec.yaml", cwd=run))
-    assert f"{tmp_path / 'spec.yaml'}:22:" in err and "add `--plugin kspec_probe`" in err
+    assert f"{tmp_path / 'spec.yaml'}:22:" in err and "pass `--plugin kspec_probe`" in err
     assert not (run / "IMPORTED").exists()
 
 

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import keras
 
+from ..keras_compat import check_graphviz, inbound_nodes, model_nodes, producer
+
 SUMMARY_WIDTH = 110
 
 
-def describe(model: keras.Model, out_dir: Path | None) -> str:
-    """The summary text of `model`; with `out_dir`, also writes the diagram there and names it in the text."""
+def describe(model: keras.Model, out_dir: Path | None, stem: str = "model") -> str:
+    """The summary text of `model`; with `out_dir`, also writes the diagram there (`STEM.png` or `STEM.txt`:
+    `build -o DIR/X.keras` writes DIR/X.txt, so builds into one folder keep their own diagrams)."""
     lines: list[str] = []
     columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(SUMMARY_WIDTH)    # rich, which Keras prints with, crops at the terminal width
@@ -32,7 +35,7 @@ def describe(model: keras.Model, out_dir: Path | None) -> str:
     total, trainable, non_trainable = parameter_counts(model)
     lines.append(f"Parameters: {total:,} total, {trainable:,} trainable, {non_trainable:,} non-trainable")
     if out_dir is not None:
-        path = write_diagram(model, Path(out_dir))
+        path = write_diagram(model, Path(out_dir), stem)
         lines.append(f"Diagram: {path}")
     return "\n".join(lines)
 
@@ -51,31 +54,24 @@ def _size(weight) -> int:
     return n
 
 
-def write_diagram(model: keras.Model, out_dir: Path) -> Path:
-    """`model.png` via plot_model if pydot and Graphviz work, else the text rendering in `model.txt`."""
+def write_diagram(model: keras.Model, out_dir: Path, stem: str = "model") -> Path:
+    """`STEM.png` via plot_model if pydot and Graphviz work, else the text rendering in `STEM.txt`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if _graphviz_available():
-        path = out_dir / "model.png"
+        path = out_dir / f"{stem}.png"
         try:
             keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True,
                                    show_dtype=False, expand_nested=False, dpi=96)
             return path
         except Exception:
             pass                         # a broken Graphviz install: fall back to text
-    path = out_dir / "model.txt"
+    path = out_dir / f"{stem}.txt"
     path.write_text(text_diagram(model) + "\n", encoding="utf-8")
     return path
 
 
 def _graphviz_available() -> bool:
-    try:
-        from keras.src.utils.model_visualization import check_graphviz
-    except ImportError:
-        return False
-    try:
-        return bool(check_graphviz())
-    except Exception:
-        return False
+    return check_graphviz()
 
 
 def text_diagram(model: keras.Model) -> str:
@@ -84,7 +80,7 @@ def text_diagram(model: keras.Model) -> str:
     relevant = _model_nodes(model)
 
     def calls_of(layer):
-        nodes = getattr(layer, "_inbound_nodes", [])
+        nodes = inbound_nodes(layer)
         return [i for i, n in enumerate(nodes) if relevant is None or id(n) in relevant]
 
     def label(layer, index: int | None) -> str:
@@ -93,13 +89,13 @@ def text_diagram(model: keras.Model) -> str:
     rows: list[tuple[str, str, str, str]] = []
     for layer in model.layers:
         for index in calls_of(layer) or [None]:
-            node = layer._inbound_nodes[index] if index is not None else None
+            node = inbound_nodes(layer)[index] if index is not None else None
             sources = []
             if node is not None:
                 for tensor in node.input_tensors:
-                    history = getattr(tensor, "_keras_history", None)
-                    if history is not None:
-                        sources.append(label(history.operation, history.node_index))
+                    made_by = producer(tensor)
+                    if made_by is not None:
+                        sources.append(label(*made_by))
             rows.append((label(layer, index), type(layer).__name__, ", ".join(sources), _output_shape(layer, node)))
     width_name = max((len(r[0]) for r in rows), default=4)
     width_cls = max((len(r[1]) + 2 for r in rows), default=4)
@@ -112,10 +108,8 @@ def text_diagram(model: keras.Model) -> str:
 
 
 def _model_nodes(model) -> set[int] | None:
-    try:
-        return {id(n) for nodes in model._nodes_by_depth.values() for n in nodes}
-    except AttributeError:
-        return None
+    nodes = model_nodes(model)
+    return None if nodes is None else {id(n) for n in nodes}
 
 
 def _output_shape(layer, node) -> str:
