@@ -113,8 +113,3 @@ def _warn_accuracy(spec, output: str, where: str) -> None:
                   "accuracy counts exact matches of real numbers, which means nothing here (at train.metrics)\n"
                   "  hint: use mae or mse (or RootMeanSquaredError) for a regression target",
                   file=sys.stderr, flush=True)
-
-
-def model_output_units(spec, model: Any) -> dict[str, int]:
-    outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
-    return {name: int(t.shape[-1]) if len(t.shape) > 1 else 1 for name, t in zip(spec.model.outputs, outputs)}
