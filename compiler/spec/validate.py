@@ -328,6 +328,8 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
         jit_compile=train.get("jit_compile", "auto"), distribute=train.get("distribute", "auto"),
         memory_growth=train.get("memory_growth", "auto"),
         steps_per_execution=int(train.get("steps_per_execution", 1)), ensemble=int(train.get("ensemble", 1)), diagnostics=plain(train.get("diagnostics")) or {},
+        checkpoint_every_seconds=float((train.get("checkpoint") or {}).get(
+            "every_seconds", TrainSpec.checkpoint_every_seconds)),
         loc=train.loc)
 
 
