@@ -11,8 +11,6 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -146,12 +144,17 @@ def write_spec(tmp_path: Path, epochs: int, every: float, batch: int = 8) -> Pat
     return spec
 
 
-def command(*args) -> list[str]:
-    return [sys.executable, "-m", "compiler", *map(str, args)]
+@pytest.fixture(scope="module")
+def procs():
+    from kspec_procs import Procs
+
+    server = Procs()            # one TensorFlow import for every process of these tests
+    yield server
+    server.close()
 
 
-def env(**extra) -> dict:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), **extra}
+def env() -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def epochs_in(run: Path) -> list[int]:
@@ -167,13 +170,12 @@ def checkpoint_epoch(run: Path) -> int:
         return json.loads(archive.read("kspec_state.json"))["epoch_done"]
 
 
-def start_and_wait(spec: Path, run: Path, rows: int) -> subprocess.Popen:
-    process = subprocess.Popen(command("train", spec, "--run-dir", run, "--verbose", "2"), cwd=ROOT, env=env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_and_wait(procs, spec: Path, run: Path, rows: int):
+    process = procs.start(["train", spec, "--run-dir", run, "--verbose", "2"], env=env())
     deadline = time.monotonic() + 180
     while len(epochs_in(run)) < rows:
         if process.poll() is not None:
-            pytest.fail(f"training ended (exit {process.returncode}) early:\n{process.stderr.read()}")
+            pytest.fail(f"training ended (exit {process.returncode}) early:\n{process.stderr}")
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail("training did not reach the kill point in time")
@@ -181,9 +183,8 @@ def start_and_wait(spec: Path, run: Path, rows: int) -> subprocess.Popen:
     return process
 
 
-def resume(spec: Path, run: Path) -> str:
-    result = subprocess.run(command("train", spec, "--run-dir", run, "--resume", "--verbose", "2"), cwd=ROOT,
-                            env=env(), capture_output=True, text=True, timeout=300)
+def resume(procs, spec: Path, run: Path) -> str:
+    result = procs.run(["train", spec, "--run-dir", run, "--resume", "--verbose", "2"], timeout=300, env=env())
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -197,29 +198,29 @@ def check_complete(run: Path, epochs: int) -> None:
 
 
 @pytest.mark.slow
-def test_deferred_checkpoints_kill_9_and_resume(tmp_path):
+def test_deferred_checkpoints_kill_9_and_resume(procs, tmp_path):
     """Tiny epochs and a long interval: the checkpoint stays at epoch 0 while history.csv grows; kill -9
     loses the unsaved epochs (the documented policy), resume redoes exactly those, none twice."""
     epochs = 120
     spec, run = write_spec(tmp_path, epochs, every=3600), tmp_path / "run"
-    process = start_and_wait(spec, run, rows=20)
+    process = start_and_wait(procs, spec, run, rows=20)
     assert checkpoint_epoch(run) == 0                     # no save since the initial checkpoint
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
+    process.kill()
     assert process.returncode == -signal.SIGKILL
     assert len(epochs_in(run)) >= 20
-    out = resume(spec, run)
+    out = resume(procs, spec, run)
     assert "epoch 1/" in out and "epoch 2/" in out        # restarted from the epoch-0 checkpoint
     check_complete(run, epochs)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_last_finished_epoch_then_resume(tmp_path):
+def test_sigterm_saves_the_last_finished_epoch_then_resume(procs, tmp_path):
     epochs = 120
     spec, run = write_spec(tmp_path, epochs, every=3600), tmp_path / "run"
-    process = start_and_wait(spec, run, rows=15)
+    process = start_and_wait(procs, spec, run, rows=15)
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
+    process.wait(timeout=60)
+    err = process.stderr
     assert process.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and "interrupted" in err
     saved = checkpoint_epoch(run)
@@ -230,19 +231,18 @@ def test_sigterm_saves_the_last_finished_epoch_then_resume(tmp_path):
     with zipfile.ZipFile(run / "checkpoints" / "best.keras") as archive:
         best = json.loads(archive.read("kspec_state.json"))
     assert best["epoch_done"] == state["best_epoch"] + 1
-    out = resume(spec, run)
+    out = resume(procs, spec, run)
     assert f"epoch {saved + 1}/" in out and f"epoch {saved}/" not in out   # continued after the saved one
     check_complete(run, epochs)
 
 
 @pytest.mark.slow
-def test_every_epoch_policy_saves_each_epoch(tmp_path):
+def test_every_epoch_policy_saves_each_epoch(procs, tmp_path):
     spec, run = write_spec(tmp_path, 6, every=0), tmp_path / "run"
-    process = start_and_wait(spec, run, rows=3)
+    process = start_and_wait(procs, spec, run, rows=3)
     deadline = time.monotonic() + 10
     while checkpoint_epoch(run) < 3 and time.monotonic() < deadline:     # saved right after its row
         time.sleep(0.02)
     assert checkpoint_epoch(run) >= 3
-    process.communicate(timeout=120)
-    assert process.returncode == 0
+    assert process.wait(timeout=120) == 0
     check_complete(run, 6)
