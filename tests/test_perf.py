@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import signal
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -246,3 +247,55 @@ def test_every_epoch_policy_saves_each_epoch(procs, tmp_path):
     assert checkpoint_epoch(run) >= 3
     assert process.wait(timeout=120) == 0
     check_complete(run, 6)
+
+
+# -- start-up: scikit-learn's data and split without importing scikit-learn -------------------------------
+
+@pytest.mark.parametrize("name", ["iris", "wine", "digits"])
+def test_bundled_data_sets_match_scikit_learn(name):
+    import numpy as np
+    import sklearn.datasets
+
+    from compiler.data import bundled
+
+    ours, theirs = bundled.load(name), getattr(sklearn.datasets, f"load_{name}")()
+    assert ours is not None
+    np.testing.assert_array_equal(ours.data, theirs.data)
+    np.testing.assert_array_equal(ours.target, theirs.target)
+    assert [str(n) for n in ours.target_names] == [str(n) for n in theirs.target_names]
+    assert list(ours.feature_names) == list(theirs.feature_names)
+
+
+def test_stratified_split_is_scikit_learns():
+    import numpy as np
+    from sklearn.model_selection import train_test_split as sk_split
+
+    from compiler.data.stratify import train_test_split
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(6, 300))
+        labels = rng.integers(0, int(rng.integers(2, 6)), n)
+        index = rng.permutation(n) + 1000
+        count, seed = int(rng.integers(1, n)), int(rng.integers(0, 2**31))
+        try:
+            expected = sk_split(index, test_size=count, stratify=labels, random_state=seed)
+        except ValueError:
+            with pytest.raises(ValueError):
+                train_test_split(index, count, labels, seed)
+            continue
+        kept, held = train_test_split(index, count, labels, seed)
+        np.testing.assert_array_equal(kept, expected[0], err_msg=f"trial {trial}")
+        np.testing.assert_array_equal(held, expected[1], err_msg=f"trial {trial}")
+
+
+def test_loading_iris_does_not_import_scikit_learn():
+    code = ("import sys; from compiler.spec.validate import load_spec; from compiler.data import load_splits; "
+            "s = load_spec('examples/iris_mlp.yaml'); sp = load_splits(s.data, s.model, s.seed); "
+            "print(len(sp.train), len(sp.validation), len(sp.test), 'sklearn' in sys.modules)")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "False", out.stdout

@@ -271,7 +271,8 @@ def choose_precision(train, spec_model=None, *, gpus: list[tuple[int, int]] | No
     capabilities = gpu_compute_capabilities() if gpus is None else gpus
     if capabilities:
         if all(cc >= (7, 0) for cc in capabilities):
-            return PrecisionChoice("mixed_float16", "auto", "auto: every GPU has tensor cores (compute capability 7.0+)")
+            return PrecisionChoice("mixed_float16", "auto",
+                                   "auto: every GPU has tensor cores (compute capability 7.0+)")
         return PrecisionChoice("float32", "auto", "auto: a GPU without tensor cores")
     support = cpu_bf16_support() if cpu is None else cpu
     if not support.available:

@@ -240,7 +240,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, 
                            monitor_loc=spec.train.loc,
                            best_value=state.best_value if state else None,
                            best_epoch=state.best_epoch if state else None,
-                           phase={}, stateful=stateful, every_seconds=spec.train.checkpoint_every_seconds)
+                           phase={}, stateful=stateful, every_seconds=_checkpoint_seconds(spec, distribution))
     callbacks.append(recorder)
     from ..diagnose.update_ratio import diagnostic_callbacks
 
@@ -449,6 +449,12 @@ def _spec_callbacks(spec: Spec, run: RunDir) -> list:
     if problems:
         raise SpecError(problems)
     return out
+
+
+def _checkpoint_seconds(spec: Spec, distribution) -> float:
+    """train.checkpoint.every_seconds; 0 (every epoch) with several workers: a save reads variables through
+    collective ops, so every worker must save at the same epochs, which a clock of its own cannot promise."""
+    return 0.0 if distribution.mode == "multi_worker" else spec.train.checkpoint_every_seconds
 
 
 def _phases(spec: Spec) -> tuple[PhaseSpec, ...]:
