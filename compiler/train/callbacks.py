@@ -58,12 +58,15 @@ class EpochGuard(keras.callbacks.Callback):
         self.epoch = 0
         self.epoch_seconds = 0.0
         self._start = 0.0
+        self.first_step_at: float | None = None     # Unix time at the end of the run's first training step
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         if self.failed is not None or not logs:
             return
         loss = logs.get("loss")

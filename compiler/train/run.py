@@ -591,6 +591,10 @@ def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batc
     })
     if precision is not None:
         metrics["precision"] = precision.to_json()   # the dtype policy trained under, and why
+    from .timing import since_start
+
+    first_step = getattr(recorder.guard, "first_step_at", None)
+    metrics["first_step_seconds"] = since_start(first_step) if first_step else None   # process start -> step 1
     atomic_write_json(run.metrics, metrics)
     try:
         plot.result()
