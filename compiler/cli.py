@@ -26,15 +26,24 @@ def _spec_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                    help="import a Python module of registered Keras layers that the spec may use")
 
 
-def cmd_validate(args) -> int:
-    from .errors import SpecError
+def _load_spec(args, path: str | None = None):
+    """The `--plugin` modules (once), then the spec at `path` (default `args.spec`) with `--set` applied:
+    what every command taking a spec starts with. A bad spec fails here, before TensorFlow loads."""
     from .spec.validate import load_spec
 
-    _load_plugins(args.plugin)
+    if not getattr(args, "_plugins_loaded", False):
+        _load_plugins(args.plugin)                # plugin layer names must be known to the resolver
+        args._plugins_loaded = True
+    return load_spec(args.spec if path is None else path, args.overrides)
+
+
+def cmd_validate(args) -> int:
+    from .errors import SpecError
+
     failures = []
     for path in args.spec:
         try:
-            load_spec(path, args.overrides)
+            _load_spec(args, path)
             print(f"{path}: ok")
         except SpecError as exc:
             failures.extend(exc.diagnostics)
@@ -47,10 +56,8 @@ def cmd_resolve(args) -> int:
     import yaml
 
     from .spec.tree import plain
-    from .spec.validate import load_spec
 
-    _load_plugins(args.plugin)
-    spec = load_spec(args.spec, args.overrides)
+    spec = _load_spec(args)
     sys.stdout.write(yaml.safe_dump(plain(spec.tree), sort_keys=False, default_flow_style=None))
     return 0
 
@@ -78,10 +85,7 @@ def _load_plugins(names) -> None:
 
 
 def cmd_build(args) -> int:
-    from .spec.validate import load_spec
-
-    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)
     import_tensorflow()
     from .build import build_model, compile_model, describe
 
@@ -99,17 +103,12 @@ def cmd_build(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .spec.validate import load_spec
-
-    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)
     workers = args.workers
     several = (workers is not None and workers > 1) or args.cluster is not None or args.worker_index is not None
-    if several and spec.train is not None and spec.train.ensemble > 1:
-        from .distribute.cluster import ClusterError
+    from .train.ensemble import check_single_process
 
-        raise ClusterError("train.ensemble trains its members one after another in one process; it cannot "
-                           "be combined with --workers or --cluster")
+    check_single_process(spec, several)           # the trainer runs the same check (TF_CONFIG): exit 2 both
     if workers is not None and workers > 1:
         if args.cluster is not None or args.worker_index is not None:
             from .distribute.cluster import ClusterError
@@ -157,10 +156,7 @@ def _worker_args(args) -> list[str]:
 
 
 def cmd_check(args) -> int:
-    from .spec.validate import load_spec
-
-    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)
     import_tensorflow()
     overfit = args.overfit
     if overfit is None and not args.gradients:

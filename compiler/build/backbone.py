@@ -47,10 +47,10 @@ from typing import Any, Mapping
 import keras
 
 from .. import registry
+from ..keras_compat import model_nodes, producer
 from ..errors import Diagnostic, SpecError
 from ..registry import UnknownComponent
-from ..spec.extends import relative_to
-from ..spec.types import NodeSpec
+from ..spec.types import NodeSpec, relative_to
 from ..suggest import did_you_mean, suggest
 from .errors import keras_message, shape_text
 
@@ -164,9 +164,9 @@ class _DownloadFailed(Exception):
 @contextmanager
 def _watch_downloads():
     """Record where `keras.utils.get_file` (as the applications call it) wants a file, when it fails."""
-    from keras.src.backend import config
-    from keras.src.utils import file_utils
+    from ..keras_compat import file_utils, keras_home
 
+    file_utils = file_utils()
     real = file_utils.get_file
     sig = inspect.signature(real)
 
@@ -175,7 +175,7 @@ def _watch_downloads():
         bound.apply_defaults()
         p = bound.arguments
         fname = p["fname"] or os.path.basename(p["origin"] or "")
-        base = os.path.expanduser(p["cache_dir"] or config.keras_home())
+        base = os.path.expanduser(p["cache_dir"] or keras_home())
         if not os.access(base, os.W_OK):            # as get_file does
             base = os.path.join("/tmp", ".keras")
         directory = os.path.join(base, p["cache_subdir"])
@@ -361,8 +361,8 @@ def _load(node: NodeSpec, args: dict) -> keras.Model:
 # -- cut, pooling, preprocess, trainable ----------------------------------------------------------
 
 def _producer(tensor) -> str:
-    history = getattr(tensor, "_keras_history", None)
-    return history[0].name if history else "?"
+    made_by = producer(tensor)
+    return made_by[0].name if made_by else "?"
 
 
 def _cut(node: NodeSpec, base: keras.Model, layer_name: str) -> keras.Model:
@@ -379,7 +379,7 @@ def _cut(node: NodeSpec, base: keras.Model, layer_name: str) -> keras.Model:
     layer = base.get_layer(layer_name)
     # The layer's output in *this* graph: `layer.output` is its first call anywhere, which for a nested
     # model (a kspec run's `backbone`) is the output of its own inner graph, not connected to base.inputs.
-    nodes = [n for depth in getattr(base, "_nodes_by_depth", {}).values() for n in depth if n.operation is layer]
+    nodes = [n for n in model_nodes(base) or [] if n.operation is layer]
     if len(nodes) > 1:
         raise _error(node, f"Backbone '{node.name}': cannot cut {base.name} at '{layer_name}': that layer is "
                            f"applied {len(nodes)} times in it (a shared layer)", key="cut_at")
@@ -422,24 +422,52 @@ def _rename(model: keras.Model, name: str) -> None:
 
 
 def _set_trainable(node: NodeSpec, model: keras.Model, trainable: bool | str) -> None:
-    """False: freeze every layer (BatchNormalization included: it then runs in inference mode);
-    True: train every layer; a pattern: train only the layers whose names it matches (re.search),
-    everything inside a matching nested model included."""
-    if isinstance(trainable, bool):
-        set_all_trainable(model, trainable)
-        return
+    """`trainable` of a Backbone node (see apply_trainable); a pattern that matches nothing is an error
+    at the node, with the closest layer name."""
     try:
-        pattern = re.compile(trainable)
-    except re.error as exc:
+        matched = apply_trainable(model, trainable)
+    except re.error as exc:   # validate checks the pattern first; kept for specs built without it
         raise _error(node, f"Backbone '{node.name}': `trainable` is not a valid regular expression "
                            f"({trainable!r}: {exc})", key="trainable") from None
-    set_all_trainable(model, True)
-    if not unfreeze_matching(model, pattern):
-        names = [layer.name for layer in _leaves(model)]
+    if not matched:
         raise _error(node, f"Backbone '{node.name}': the `trainable` pattern {trainable!r} matches no layer "
-                           f"of the backbone{did_you_mean(trainable, names)}", key="trainable",
-                     hint="a regular expression searched in layer names, e.g. 'block_16|Conv_1'; "
-                          "true or false for all")
+                           f"of the backbone{did_you_mean(str(trainable), leaf_names(model))}", key="trainable",
+                     hint=TRAINABLE_HINT)
+
+
+TRAINABLE_HINT = "a regular expression searched in layer names, e.g. 'block_16|Conv_1'; true or false for all"
+
+
+def apply_trainable(model, trainable: bool | str) -> bool:
+    """The one implementation of `trainable: true | false | PATTERN`, on a Backbone node and in a
+    training phase. False: freeze every layer (BatchNormalization included: it then runs in inference
+    mode); true: train every layer; a pattern: train only the layers whose names it matches (re.search),
+    everything inside a matching nested model included, and freeze the rest.
+
+    Returns False when a pattern matched no layer (the caller reports it where the pattern was written);
+    raises re.error for an invalid pattern."""
+    if isinstance(trainable, bool):
+        set_all_trainable(model, trainable)
+        return True
+    pattern = re.compile(str(trainable))
+    set_all_trainable(model, True)
+    return unfreeze_matching(model, pattern)
+
+
+def pattern_matches(layer, pattern) -> bool:
+    """Whether `unfreeze_matching(layer, pattern)` would match a layer (changes nothing)."""
+    pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+    for child in getattr(layer, "layers", None) or getattr(layer, "_layers", None) or []:
+        if pattern.search(child.name):
+            return True
+        if getattr(child, "layers", None) and isinstance(child, keras.Model) and pattern_matches(child, pattern):
+            return True
+    return False
+
+
+def leaf_names(model) -> list[str]:
+    """The names of the layers inside `model`, nested models flattened (for a suggestion)."""
+    return [layer.name for layer in _leaves(model)]
 
 
 def set_all_trainable(layer, value: bool) -> None:

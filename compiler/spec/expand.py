@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import Collector, Loc
-from .expr import ExprError, evaluate
 from ..suggest import did_you_mean
+from .expr import ExprError, evaluate
 from .tree import Map, Seq, format_path
 
 SIBLINGS = ("name", "inputs", "share", "repeat", "layers", "call")
 MAX_BLOCK_DEPTH = 16
 MAX_NODES = 5000
+MAX_ITERATIONS = 100_000   # repeat iterations in all (an empty or nested repeat adds no node, yet costs time)
+MAX_VALUES = 2_000_000     # values copied while expanding (a large argument in a block used many times)
 
 _PARAM = re.compile(r"^\$([A-Za-z_]\w*)$")
 _WHOLE_EXPR = re.compile(r"^\$\{(.*)\}$", re.S)
@@ -78,11 +80,19 @@ class Expander:
         self.aliases: dict[str, str] = {}     # block use name -> its last node
         self.start: list[str] | None = None   # what the first node chains to (the single model input)
         self.too_big = False
+        self.iterations = 0
+        self.values = 0
 
     # -- parameters -------------------------------------------------------------------------
 
     def substitute(self, value: Any, env: dict, loc: Loc | None, via: tuple, path: tuple) -> Any:
         """A copy of `value` with `$param` and `${expr}` replaced; locations kept."""
+        self.values += 1
+        if self.values > MAX_VALUES:
+            if not self.too_big:
+                self.too_big = True
+                self.errors.add(f"the model expands to more than {MAX_VALUES:,} values", loc, format_path(path))
+            return None
         if isinstance(value, Map):
             out = Map(loc=value.loc, via=via or value.via)
             out.source_path = value.source_path
@@ -155,12 +165,16 @@ class Expander:
     # -- expansion --------------------------------------------------------------------------
 
     def overflowed(self, loc, path) -> bool:
-        """True once the model has grown past MAX_NODES (reported once, at the item that did it)."""
-        if len(self.nodes) <= MAX_NODES:
+        """True once the model has grown past MAX_NODES, MAX_ITERATIONS or MAX_VALUES (reported once, at
+        the item that did it)."""
+        if self.too_big:
+            return True
+        if len(self.nodes) <= MAX_NODES and self.iterations <= MAX_ITERATIONS:
             return False
         if not self.too_big:
             self.too_big = True
-            self.errors.add(f"the model expands to more than {MAX_NODES} nodes", loc, format_path(path))
+            what = f"{MAX_NODES} nodes" if len(self.nodes) > MAX_NODES else f"{MAX_ITERATIONS:,} repeat iterations"
+            self.errors.add(f"the model expands to more than {what}", loc, format_path(path))
         return True
 
     def expand(self, items: Any, scope: Scope, previous: list[str] | None, path: tuple,
@@ -200,7 +214,15 @@ class Expander:
         if "layers" not in item:
             self.errors.add("'repeat' needs a 'layers' list to repeat", loc, format_path(path), via=scope.via)
             return previous
+        per_time = len(item["layers"]) if isinstance(item["layers"], list) else 1
+        if times * per_time > MAX_NODES or times > MAX_ITERATIONS:   # known before expanding: fail at once
+            self.too_big = True
+            self.errors.add(f"'repeat: {times}' expands to more than {MAX_NODES} nodes" if per_time else
+                            f"'repeat: {times}' expands to more than {MAX_ITERATIONS:,} repeat iterations",
+                            loc, format_path(path + ("repeat",)), via=scope.via)
+            return previous
         for i in range(times):
+            self.iterations += 1
             if self.overflowed(loc, path):
                 break
             env = dict(scope.env, **({var: i} if isinstance(var, str) else {}))

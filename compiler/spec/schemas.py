@@ -51,8 +51,3 @@ def component_names(kind: str) -> frozenset[str]:
             if "enum" in option:
                 return frozenset(n for n in option["enum"] if isinstance(n, str))
     return frozenset(n for n in defs if n[:1].isupper())
-
-
-def layer_arguments(layer: str) -> dict:
-    """The `properties` of a layer class's argument schema ({} if unknown)."""
-    return component("layers").get("definitions", {}).get(layer, {}).get("properties", {})
