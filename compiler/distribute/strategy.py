@@ -168,7 +168,7 @@ def gpu_compute_capabilities() -> list[tuple[int, int]]:
             cc = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
         except Exception:
             cc = (0, 0)
-        out.append(tuple(int(c) for c in cc))
+        out.append((int(cc[0]), int(cc[1])) if len(cc) >= 2 else (0, 0))
     return out
 
 

@@ -133,7 +133,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.every_seconds = float(every_seconds)
         self.saves = 0                        # checkpoints written (for the log and the tests)
         self.saved_seconds = 0.0              # time spent writing them
-        self._better = None
+        self._better: str | None = None
         self.checked_monitor = False
         self._last_save = time.monotonic()
         # Not yet on disk: (state, weights, optimizer variables) of the last finished epoch, and the
