@@ -225,7 +225,7 @@ def _train() -> dict:
         "deterministic": _bool("Seed everything and use deterministic ops (slower)."),
         "mixed_precision": {"description": "Mixed precision: `auto` (default) is mixed_float16 on GPUs of compute "
                                            "capability 7.0+, mixed_bfloat16 on CPUs with AMX-BF16 or AVX512-BF16 "
-                                           "for convolutional classifiers, and none (float32) elsewhere; the "
+                                           "for classifiers with Conv layers, and none (float32) elsewhere; the "
                                            "outputs stay float32.",
                             "enum": [None, "none", "mixed_float16", "mixed_bfloat16", "auto"]},
         "jit_compile": {"description": "XLA compilation: `auto` (default) lets Keras use it on a GPU when the "

@@ -299,3 +299,22 @@ def test_loading_iris_does_not_import_scikit_learn():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "False", out.stdout
+
+
+def test_a_backbone_alone_keeps_float32(tmp_path):
+    spec = tmp_path / "backbone.yaml"
+    spec.write_text("""\
+kspec: 1
+name: backbone-precision
+data: {source: {synthetic: blobs, n: 20}}
+model:
+  inputs: {image: {shape: [32, 32, 3]}}
+  layers:
+    - Backbone: {application: MobileNetV3Small, weights: null, include_top: false, pooling: avg}
+    - Dense: {units: 3, activation: softmax}
+  outputs: [dense]
+train: {loss: sparse_categorical_crossentropy}
+""")
+    loaded = load_spec(spec)
+    choice = choose_precision(loaded.train, loaded.model, gpus=[], cpu=Support(True, "simulated"))
+    assert choice.policy == "float32" and "no convolution" in choice.why

@@ -179,10 +179,11 @@ def gpu_compute_capabilities() -> list[tuple[int, int]]:
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # KSPEC_CPU_BF16=1 / 0 overrides the detection (to simulate a CPU with or without it, e.g. in tests).
 CPU_BF16_ENV = "KSPEC_CPU_BF16"
-# Layers whose work is matmuls or convolutions that bfloat16 speeds up (RNN cells are small matmuls
-# in a sequential loop: measured slower in bfloat16 on the CPU, see README "Mixed precision").
-CONV_LAYERS = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-               "SeparableConv1D", "SeparableConv2D", "DepthwiseConv1D", "DepthwiseConv2D", "Backbone")
+# Layers whose work is convolutions that bfloat16 speeds up (README "CPU speed": the 28x28 CNN 2-3x;
+# dense-only models and RNN cells, small matmuls, measured slower in bfloat16 on the CPU; a
+# MobileNetV3Small Backbone, depthwise convolutions, measured no faster, so Backbone and depthwise or
+# separable convolutions do not count).
+CONV_LAYERS = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 # Losses of regression targets: bfloat16's 8-bit mantissa (about 2-3 significant digits) costs
 # them precision that a classifier's argmax does not notice.
 REGRESSION_LOSSES = ("mse", "mae", "mape", "msle", "mean_squared_error", "mean_absolute_error",
