@@ -203,8 +203,9 @@ def _train() -> dict:
     return _with_defaults(_obj({
         "optimizer": {"description": "`adam`, or `{Adam: {learning_rate: 0.001, clipnorm: 5.0}}`.",
                       "allOf": [_OPTIMIZER]},
-        "loss": {"description": "A loss" + per_output.format("loss") + ".",
-                 "anyOf": [_LOSS, {"type": "object", "additionalProperties": _LOSS}]},
+        "loss": {"description": "A loss" + per_output.format("loss") + "; or a list, one per output in order.",
+                 "anyOf": [_LOSS, {"type": "object", "additionalProperties": _LOSS},
+                           {"type": "array", "items": _LOSS}]},
         "loss_weights": {"description": "Weights of the outputs' losses.",
                          "anyOf": [{"type": "object", "additionalProperties": {"type": "number"}},
                                    {"type": "array", "items": {"type": "number"}}]},
@@ -259,10 +260,15 @@ def _layer_item(layer_names: list[str]) -> dict:
         "inputs": {"description": "The nodes or model inputs this node takes (default: the previous node).",
                    **_STRS},
         "share": {"type": "string", "description": "Apply again the very layer (same weights) of this node."},
-        "repeat": {"description": "Repeat `layers` this many times; `{times: 3, as: i}` exposes $i.", "anyOf": [
+        "repeat": {"description": "Repeat `layers` this many times; `{times: 3, as: i}` exposes $i; "
+                                  "`{for: [32, 64], as: filters}` once per item; `{for: {color: 3}, as: [feature, "
+                                  "size]}` once per key and value.", "anyOf": [
             {"type": "integer", "minimum": 1}, _EXPR,
             _obj({"times": {"anyOf": [{"type": "integer", "minimum": 1}, _EXPR]}, "as": _STR},
-                 required=("times",))]},
+                 required=("times",)),
+            _obj({"for": {"anyOf": [{"type": ["array", "object"]}, _EXPR]},
+                  "as": {"anyOf": [_STR, {"type": "array", "items": _STR, "minItems": 1, "maxItems": 2}]}},
+                 required=("for", "as"))]},
         "layers": {"$ref": "#/definitions/layer_list"},
         "call": {"type": "object", "description": "Extra keyword arguments for calling the layer "
                                                   "(e.g. `use_causal_mask: true`)."},

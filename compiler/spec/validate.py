@@ -51,6 +51,7 @@ def _validator():
 
     documents = {f.relative_to(schemas.SCHEMA_DIR).as_posix(): json.loads(f.read_text())
                  for f in schemas.SCHEMA_DIR.rglob("*.schema.json")}
+    schemas.with_plugin_components(documents)   # losses and metrics of `--plugin` modules
     root = documents["spec.schema.json"]
     # The schema lets every typed value be a `$param` / `${expr}` (editors see the raw file). The tree
     # validated here is resolved: expressions are evaluated and blocks expanded, so a string still
@@ -221,6 +222,12 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
                 args = _backbone_paths(item[kind], args)
                 check_pattern(args.get("trainable"), item[kind].value_loc("trainable"),
                               display_path(path + [kind, "trainable"]), errors)
+            if kind == "Expression" and isinstance(item[kind], Map):
+                _check_expression(item[kind], len(refs), errors, display_path(path + [kind, "expr"]), item.via)
+        if item["name"] in known:
+            loc, via = locate(layers, [index, "name"])
+            errors.add(f"node name '{item['name']}' is also a model input's name", loc or item.loc, where,
+                       via=via or item.via, hint="node names and input names share one namespace: rename the node")
         record = {"__layer": kind, "__args": args, "__origin": shares or item["name"]}
         by_name[item["name"]] = record
         nodes.append(NodeSpec(item["name"], kind, args, tuple(refs), item.loc, where, item.via, shares))
@@ -242,6 +249,38 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
                        f"model.outputs[{i}]")
     _check_acyclic(nodes, known, errors)
     return ModelSpec(inputs, tuple(_topological(nodes, known)), tuple(outputs))
+
+
+def _check_expression(args: Map, n_inputs: int, errors: Collector, where: str, via) -> None:
+    """An `Expression` layer's text, checked as the layer will parse it (without Keras), at the character."""
+    from dataclasses import replace
+
+    from ..tensor_expr import TensorExprError, parse
+
+    text, names = args.get("expr"), args.get("names")
+    if not isinstance(text, str) or not isinstance(names, Seq):
+        return                            # the schema reports a missing or non-string `expr`
+    loc = args.value_loc("expr")
+    if len(names) != n_inputs:
+        errors.add(f"the expression names {len(names)} input(s) ({', '.join(map(str, names))}) but the node has "
+                   f"{n_inputs}", args.value_loc("names") or loc, where.rsplit(".", 1)[0] + ".names", via=via)
+        return
+    try:
+        parse(text, [str(n) for n in names])
+    except TensorExprError as exc:
+        if loc is not None and "\n" not in text:
+            quoted = _quote_width(loc)
+            loc = replace(loc, col=loc.col + quoted + exc.offset)
+        errors.add(f"bad expression: {exc}", loc, where, via=via)
+
+
+def _quote_width(loc) -> int:
+    """1 if the scalar at `loc` starts with a quote in its file (so the text starts one column later), else 0."""
+    try:
+        line = Path(loc.file).read_text(errors="replace").splitlines()[loc.line - 1]
+    except (OSError, IndexError):
+        return 0
+    return 1 if line[loc.col - 1:loc.col] in ("'", '"') else 0
 
 
 def _check_acyclic(nodes: list[NodeSpec], inputs: set[str], errors: Collector) -> None:
@@ -311,6 +350,12 @@ def _per_output(value, parent: Map, key: str, outputs, kind: str, errors: Collec
                     errors.add(f"'{k}' in train.{key} matches no output (outputs: {', '.join(outputs)})"
                                + did_you_mean(k, outputs), value.key_loc(k), f"train.{key}.{k}")
             return {k: one(value[k], value, k) for k in value if k in outputs}
+    if isinstance(value, Seq) and not many:   # `loss: [a, b]`: one per output, in the order of `outputs`
+        if len(value) != len(outputs):
+            errors.add(f"train.{key} lists {len(value)} value(s) for {len(outputs)} output(s) "
+                       f"({', '.join(outputs)}): give one per output in that order, or a mapping "
+                       f"`{{{outputs[0] if outputs else 'output'}: ...}}`", parent.value_loc(key), f"train.{key}")
+        return {o: one(v, value, i) for i, (o, v) in enumerate(zip(outputs, value))}
     return {o: one(value, parent, key) for o in outputs}
 
 

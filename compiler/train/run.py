@@ -206,7 +206,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, 
         rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state.epoch_done]
         history_io.write_history(run.history, rows)
     else:
-        model = _build(spec, splits, input_layers)
+        model = _build(spec, splits, input_layers, log=lambda line: _say(verbose, line))
         from ..diagnose.gradcheck import check_before_training
 
         check_before_training(spec, model, verbose)   # `diagnostics: {gradient_check: true}`
@@ -366,11 +366,13 @@ def _configure(spec: Spec, keras, tf):
     return precision
 
 
-def _build(spec: Spec, splits, input_layers):
+def _build(spec: Spec, splits, input_layers, log=print):
     from ..build import build_model, compile_model
+    from ..build.adapt import adapt_on_arrays
 
     layers = input_layers(spec.data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
+    adapt_on_arrays(model, splits.train.x, spec.train.batch_size, log, spec.model)   # an in-model Normalization: {}
     check_phase_patterns(model, spec)
     compile_model(model, spec.train, spec.model)
     return model
