@@ -467,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     except KspecError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:   # SIGINT, or SIGTERM during training (compiler/train/interrupt.py)
         print("kspec: interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug in kspec, not a user error: say so, briefly

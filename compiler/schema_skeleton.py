@@ -165,6 +165,13 @@ def _model() -> dict:
     }, required=("inputs", "layers"), description="The model graph.")
 
 
+def _train_default(name: str):
+    """A default of the typed spec (one source of truth: compiler/spec/types.py)."""
+    from .spec.types import TrainSpec, default
+
+    return default(TrainSpec, name)
+
+
 def _with_defaults(schema: dict) -> dict:
     """`default` of every train key whose typed field (spec/types.py TrainSpec) has a plain default:
     the schema states the defaults `validate` applies, from the same place."""
@@ -218,7 +225,9 @@ def _train() -> dict:
         "monitor": {"type": "string", "description": "The metric that picks the best epoch (default val_loss)."},
         "deterministic": _bool("Seed everything and use deterministic ops (slower)."),
         "mixed_precision": {"description": "Mixed precision: `auto` (default) is mixed_float16 on GPUs of compute "
-                                           "capability 7.0+ and none (float32) elsewhere; the outputs stay float32.",
+                                           "capability 7.0+, mixed_bfloat16 on CPUs with AMX-BF16 or AVX512-BF16 "
+                                           "for classifiers with Conv layers, and none (float32) elsewhere; the "
+                                           "outputs stay float32.",
                             "enum": [None, "none", "mixed_float16", "mixed_bfloat16", "auto"]},
         "jit_compile": {"description": "XLA compilation: `auto` (default) lets Keras use it on a GPU when the "
                                        "model supports it; off on a CPU.",
@@ -232,6 +241,11 @@ def _train() -> dict:
                                          "(`auto`, the default, is true).",
                           "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
         "steps_per_execution": _int("Batches per compiled step."),
+        "checkpoint": _obj({"every_seconds": _num(
+            "Save a checkpoint at the end of an epoch when this many seconds passed since the last one "
+            f"(default {_train_default('checkpoint_every_seconds'):g}; 0: every epoch); always at the end of "
+            "a phase and on SIGTERM/SIGINT.", minimum=0, maximum=1e9)},
+            description="When checkpoints/last.keras is written (see README, Checkpoints)."),
         "ensemble": _int("Train this many models and average their predictions."),
         "diagnostics": {"type": "object", "description": "Training diagnostics.",
                         "properties": {"update_ratio": _bool("Log |update| / |weights| per layer (about 1e-3 is healthy)."),

@@ -71,6 +71,7 @@ train:
   metrics: [accuracy]
   batch_size: 8
   epochs: %(epochs)d
+  checkpoint: {every_seconds: 0}     # every epoch: these tests kill between epoch checkpoints
 """
 
 EPOCHS = 12

@@ -48,9 +48,13 @@ def _sklearn(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     if name not in SKLEARN:
         raise source_error(data, f"unknown sklearn data set {name!r}{did_you_mean(name, SKLEARN)} "
                            f"(known: {', '.join(SKLEARN)})")
-    import sklearn.datasets
+    from . import bundled
 
-    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    bunch = bundled.load(name)           # the shipped files, read without importing scikit-learn (start-up)
+    if bunch is None:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{name}")()
     inputs, outputs = _names(model)
     source = f"sklearn:{name}"
     x = assign(inputs, bunch.data.astype(np.float32), "input", source, data)

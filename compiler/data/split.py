@@ -105,7 +105,7 @@ def _hold_out(index: np.ndarray, count: int, labels: np.ndarray | None, seed: in
     if count == 0:
         return index, index[:0]
     if labels is not None:
-        from sklearn.model_selection import train_test_split
+        from .stratify import train_test_split     # scikit-learn's split, without importing it
 
         try:
             kept, held = train_test_split(index, test_size=count, stratify=labels[index],

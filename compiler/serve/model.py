@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import Diagnostic, KspecError, SpecError
 from ..spec.types import Spec
-from ..train.rundir import RunDir, read_json
+from ..rundir import RunDir, read_json
 from . import ServeError
 
 IMAGE_CHANNELS = (1, 3, 4)

@@ -408,6 +408,8 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
         memory_growth=given("memory_growth"),
         steps_per_execution=int(given("steps_per_execution")), ensemble=int(given("ensemble")),
         diagnostics=plain(given("diagnostics")) or {},
+        checkpoint_every_seconds=float((train.get("checkpoint") or {}).get(
+            "every_seconds", typed_default(TrainSpec, "checkpoint_every_seconds"))),
         loc=train.loc)
 
 

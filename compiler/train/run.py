@@ -68,6 +68,8 @@ from ..rundir import (
 )
 from ..spec.types import Component, PhaseSpec, Spec
 from . import history as history_io
+from .interrupt import interruptible, shielded
+from .state import ResumeState, where_to_start
 
 
 def check_workers(workers: int) -> None:
@@ -170,11 +172,11 @@ def _copy_run(source: RunDir, target: RunDir) -> None:
 
 def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, plan,
            splits: Splits | None = None) -> Path:
-    state = run.read_state() if resume else None
+    state = ResumeState.from_json(run.read_state()) if resume else None
     phases = _phases(spec)
-    if state is not None and _finished(state, phases):
+    if state is not None and state.finished:
         _write_spec(run, spec, resume=True, check_only=True)
-        _say(verbose, f"the run in {run.path} is already complete ({state['epoch_done']} epochs); nothing to do")
+        _say(verbose, f"the run in {run.path} is already complete ({state.epoch_done} epochs); nothing to do")
         return run.path
     _write_spec(run, spec, resume=state is not None)
     if resume and state is None and run.has_run():
@@ -189,15 +191,17 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, 
 
     # First of all: GPU memory growth, and the strategy (a multi-worker one waits here for its cluster).
     distribution = start_distribution(plan, spec.train)
-    _configure(spec, keras, tf)
+    precision = _configure(spec, keras, tf)
     if distribution.replicas > 1 or distribution.mode == "multi_worker":
         _say(verbose, distribution.describe(spec.train.batch_size))
+    if precision.setting == "auto" or precision.policy != "float32":
+        _say(verbose, precision.describe())
     with distribution.strategy.scope():
-        return _train_in_scope(spec, run, state, phases, verbose, started, distribution, splits)
+        return _train_in_scope(spec, run, state, phases, verbose, started, distribution, splits, precision)
 
 
-def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose: int, started: float,
-                    distribution, splits: Splits | None) -> Path:
+def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, verbose: int, started: float,
+                    distribution, splits: Splits | None, precision=None) -> Path:
     """Data, model, fit, evaluate: everything that creates or reads variables, inside the strategy's scope."""
     import keras
 
@@ -215,7 +219,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
 
     if state is not None:
         model = _load_checkpoint(run, keras)
-        rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state["epoch_done"]]
+        rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state.epoch_done]
         history_io.write_history(run.history, rows)
     else:
         model = _build(spec, splits, input_layers, log=lambda line: _say(verbose, line))
@@ -236,7 +240,8 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
     _write_summary(run, model)
 
     batch = spec.train.batch_size
-    done = int(state["epoch_done"]) if state else 0
+    begin = where_to_start(state, [p.epochs for p in phases])
+    done = begin.done
     train_ds = make_dataset(splits.train, batch, shuffle=True, seed=spec.seed + done)
     val_ds = make_dataset(splits.validation, batch, shuffle=False, seed=spec.seed) if splits.validation else None
     class_weight = _class_weight(spec, splits, model)
@@ -251,9 +256,9 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         callbacks.append(EpochTensorBoard(str(run.tensorboard)))
     recorder = RunRecorder(run, guard, rows, monitor=monitor, save_best=spec.train.keep == "best",
                            monitor_loc=spec.train.loc,
-                           best_value=state.get("best_value") if state else None,
-                           best_epoch=state.get("best_epoch") if state else None,
-                           phase={}, stateful=stateful)
+                           best_value=state.best_value if state else None,
+                           best_epoch=state.best_epoch if state else None,
+                           phase={}, stateful=stateful, every_seconds=_checkpoint_seconds(spec, distribution))
     callbacks.append(recorder)
     from ..diagnose.update_ratio import diagnostic_callbacks
 
@@ -263,13 +268,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         callbacks.append(printer)
 
     # Where to start: a fresh run at phase 0; a resumed one in its phase, or the next if that one ended.
-    index, start, restore, fresh_phase = 0, 0, None, True
-    if state is not None:
-        index, start = int(state.get("phase", 0)), int(state.get("phase_start", 0))
-        if state.get("phase_finished") or index >= len(phases) or done >= start + phases[index].epochs:
-            index, start = index + 1, done
-        else:
-            restore, fresh_phase = state.get("callbacks") or {}, False
+    index, start, restore, fresh_phase = begin.phase, begin.start, begin.restore, begin.fresh_phase
 
     for i in range(index, len(phases)):
         phase = phases[i]
@@ -285,23 +284,24 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
             printer.phase = phase.name if len(phases) > 1 else None
         if done == 0 and state is None:
             # An initial checkpoint: a run that fails in its first epoch still leaves a loadable model.
-            initial = recorder.state(0)
+            initial = recorder.state(0).to_json()
             atomic_save_model(model, run.last, state=initial)
             atomic_write_json(run.state, initial)
         if len(phases) > 1 and verbose:
             _say(verbose, f"phase {i + 1}/{len(phases)} '{phase.name}': epochs {start}..{end - 1}, "
                           f"{_trainable_count(model):,} trainable parameters")
         if done < end:
-            _fit(model, train_ds, val_ds, done, end, callbacks, 1 if verbose == 1 else 0, class_weight, guard, run)
+            _fit(model, train_ds, val_ds, done, end, callbacks, 1 if verbose == 1 else 0, class_weight, guard, run,
+                 recorder)
         done = len(recorder.rows) and recorder.rows[-1]["epoch"] + 1
         if i + 1 < len(phases):
             # Phase boundary: checkpoint the weights the next phase starts from (EarlyStopping may have
             # restored its best ones) and say so in the state, so a resume starts the next phase.
-            boundary = recorder.state(done, phase_finished=True)
+            boundary = recorder.state(done, phase_finished=True).to_json()
             atomic_save_model(model, run.last, state=boundary)
             atomic_write_json(run.state, boundary)
 
-    return _finish(run, spec, model, splits, recorder, make_dataset, batch, verbose, started, keras)
+    return _finish(run, spec, model, splits, recorder, make_dataset, batch, verbose, started, keras, precision)
 
 
 # -- run directory ------------------------------------------------------------------------
@@ -393,13 +393,16 @@ def _say(verbose: int, text: str) -> None:
 
 # -- setup ------------------------------------------------------------------------------------
 
-def _configure(spec: Spec, keras, tf) -> None:
-    from ..distribute.strategy import mixed_precision_policy
+def _configure(spec: Spec, keras, tf):
+    """Seeds, determinism and the dtype policy; returns the PrecisionChoice (printed and recorded)."""
+    from ..distribute.strategy import choose_precision
 
     keras.utils.set_random_seed(spec.seed)
     if spec.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(mixed_precision_policy(spec.train.mixed_precision))
+    precision = choose_precision(spec.train, spec.model)
+    keras.mixed_precision.set_global_policy(precision.policy)
+    return precision
 
 
 def _build(spec: Spec, splits, input_layers, log=print):
@@ -494,13 +497,14 @@ def _spec_callbacks(spec: Spec, run: RunDir) -> list:
     return out
 
 
+def _checkpoint_seconds(spec: Spec, distribution) -> float:
+    """train.checkpoint.every_seconds; 0 (every epoch) with several workers: a save reads variables through
+    collective ops, so every worker must save at the same epochs, which a clock of its own cannot promise."""
+    return 0.0 if distribution.mode == "multi_worker" else spec.train.checkpoint_every_seconds
+
+
 def _phases(spec: Spec) -> tuple[PhaseSpec, ...]:
     return spec.train.phases or (PhaseSpec(name="train", epochs=spec.train.epochs),)
-
-
-def _finished(state: dict, phases) -> bool:
-    """The run wrote its final artifacts (a resume of it has nothing to do)."""
-    return bool(state.get("finished"))
 
 
 # -- phases ----------------------------------------------------------------------------------
@@ -583,14 +587,19 @@ def _trainable_count(model) -> int:
 # -- fit ---------------------------------------------------------------------------------------
 
 def _fit(model, train_ds, val_ds, initial_epoch: int, epochs: int, callbacks, keras_verbose: int,
-         class_weight, guard, run: RunDir) -> None:
+         class_weight, guard, run: RunDir, recorder=None) -> None:
     try:
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
-                  callbacks=callbacks, verbose=keras_verbose, class_weight=class_weight,
-                  shuffle=False)   # the tf.data pipeline shuffles
+        with interruptible():
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
+                      callbacks=callbacks, verbose=keras_verbose, class_weight=class_weight,
+                      shuffle=False)   # the tf.data pipeline shuffles
     except KspecError:
         raise
     except KeyboardInterrupt:
+        # SIGINT/SIGTERM: the epochs finished but not yet checkpointed are saved before exiting.
+        if recorder is not None:
+            with shielded():
+                recorder.flush()
         raise
     except Exception as exc:
         raise _training_error(exc, guard, run) from None
@@ -620,7 +629,7 @@ def _training_error(exc: BaseException, guard, run: RunDir) -> TrainingError:
 # -- the end ---------------------------------------------------------------------------------
 
 def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batch: int, verbose: int,
-            started: float, keras) -> Path:
+            started: float, keras, precision=None) -> Path:
     rows = recorder.rows
     if spec.train.keep == "best" and run.best.exists():
         model.load_weights(run.best)
@@ -644,13 +653,19 @@ def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batc
         "keep": spec.train.keep,
         "wall_seconds": round(time.perf_counter() - started, 3),
     })
+    if precision is not None:
+        metrics["precision"] = precision.to_json()   # the dtype policy trained under, and why
+    from .timing import since_start
+
+    first_step = getattr(recorder.guard, "first_step_at", None)
+    metrics["first_step_seconds"] = since_start(first_step) if first_step else None   # process start -> step 1
     atomic_write_json(run.metrics, metrics)
     try:
         plot.result()
     except Exception as exc:          # the model and metrics are saved: a plot is not worth failing for
         print(f"kspec: warning: could not draw {run.curves}: {type(exc).__name__}: {exc}", file=sys.stderr)
     final = recorder.state(epochs, phase_finished=True, finished=True)
-    atomic_write_json(run.state, final)
+    atomic_write_json(run.state, final.to_json())
     from ..diagnose.curves import report_run
 
     report_run(run.path, verbose)   # the learning curve in words -> diagnosis.txt
