@@ -33,7 +33,14 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     """load -> resolve -> validate: the whole front half, for one spec file."""
     errors = Collector()
     tree = resolve(path, overrides, errors)
-    return validate(tree, str(path), errors)
+    spec = validate(tree, str(path), errors)
+    if tree.get("search") is not None:   # `kspec tune`'s section, checked like the rest (compiler/tune/space.py)
+        import dataclasses
+
+        from ..tune.space import check_search
+
+        spec = dataclasses.replace(spec, search=check_search(spec, path, list(overrides)))
+    return spec
 
 
 @lru_cache(maxsize=1)
