@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 LOCK   := constraints.txt        # the exact versions the suite passed with (`make lock` rewrites it)
-EXTRAS := test,onnx
+EXTRAS := test,onnx,tune
 
 .PHONY: demo test test-fast test-latest lock fuzz schemas bench clean
 
@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/validate_speed.py
 	$(BIN)/python bench/build_overhead.py
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/tune_overhead.py
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock runs *.egg-info

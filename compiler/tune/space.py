@@ -263,6 +263,7 @@ def check_search(spec, path: str | Path, overrides: list[str] = ()) -> SearchSpe
     errors = Collector()
     result = typed(search, str(path))
     params_map = search["parameters"]
+    bad: set[str] = set()            # parameters with a problem of their own: not tried in the spec
 
     objective = search["objective"]
     produced = produced_metrics(spec)
@@ -270,13 +271,15 @@ def check_search(spec, path: str | Path, overrides: list[str] = ()) -> SearchSpe
         errors.add(f"the objective '{result.metric}' is not a metric this spec logs (it logs: "
                    f"{', '.join(produced) or 'nothing: there is no train section'})"
                    + did_you_mean(result.metric, produced), objective.value_loc("metric"), "search.objective.metric",
-                   hint="a val_ metric needs data.split.validation > 0" if result.metric.startswith("val_") else "")
+                   hint="a val_ metric needs data.split.validation > 0" if result.metric.startswith("val_")
+                   and (spec.data is None or spec.data.validation <= 0) else "")
     if result.pruner == "hyperband" and "max_epochs" not in result.pruner_args and spec.train is None:
         errors.add("hyperband needs max_epochs (there is no train.epochs)", search.value_loc("pruner"), "search.pruner")
 
     for param in result.parameters:
         where = f"search.parameters.{param.path}"
         loc = params_map.value_loc(param.path)
+        before = len(errors.diagnostics)
         if param.kind != "choice":
             if param.low > param.high:
                 errors.add(f"the bounds are not in order: low {param.low} > high {param.high}", loc, where)
@@ -286,6 +289,8 @@ def check_search(spec, path: str | Path, overrides: list[str] = ()) -> SearchSpe
                 errors.add("`log` and `step` cannot be combined (Optuna samples one or the other)", loc, where)
             if param.step is not None and param.low <= param.high and param.step > param.high - param.low > 0:
                 errors.add(f"step {param.step} is larger than the range [{param.low}, {param.high}]", loc, where)
+        if len(errors.diagnostics) > before:
+            bad.add(param.path)
     if result.sampler == "grid":
         size = 1
         for param in result.parameters:
@@ -298,19 +303,21 @@ def check_search(spec, path: str | Path, overrides: list[str] = ()) -> SearchSpe
         if size > MAX_GRID:
             errors.add(f"the grid has {size:,} points; at most {MAX_GRID:,}", search.value_loc("parameters"),
                        "search.parameters")
-    if not errors.diagnostics:
-        _check_paths(result, path, list(overrides), params_map, errors)
+    _check_paths(result, path, list(overrides), params_map, errors, bad)
     errors.raise_if_any()
     return result
 
 
-def _check_paths(result: SearchSpec, path, overrides: list[str], params_map, errors: Collector) -> None:
+def _check_paths(result: SearchSpec, path, overrides: list[str], params_map, errors: Collector,
+                 bad: set[str]) -> None:
     """Each parameter's parent exists (in the spec, or once a shorter searched path takes a choice),
     and the spec validates at each of its bounds and choices."""
     from ..spec.tree import format_path
 
     base = base_tree(path, overrides)
     for param in result.parameters:
+        if param.path in bad:
+            continue
         where = f"search.parameters.{param.path}"
         loc = params_map.key_loc(param.path)
         contexts: list[list[str]] = []
@@ -334,11 +341,14 @@ def _check_paths(result: SearchSpec, path, overrides: list[str], params_map, err
                        f"--set), so '{param.path}' cannot be set", loc, where,
                        hint="a parameter is a `--set` path to a value of the spec")
             continue
+        problems: dict[str, list[str]] = {}     # one error per problem, naming every value that has it
         for value in param.corners():
             problem = _validates(path, overrides + contexts[0] + [set_text(param.path, value)])
             if problem:
-                errors.add(f"the spec does not validate with {param.path}={json.dumps(value)}: {problem}",
-                           params_map.value_loc(param.path), where)
+                problems.setdefault(problem, []).append(json.dumps(value))
+        for problem, values in problems.items():
+            errors.add(f"the spec does not validate with {param.path}={' or '.join(values)}: {problem}",
+                       params_map.value_loc(param.path), where)
 
 
 def _validates(path, overrides: list[str]) -> str:
@@ -353,7 +363,7 @@ def _validates(path, overrides: list[str]) -> str:
         validate(tree, str(path), errors)
     except SpecError as exc:
         first: Diagnostic = exc.diagnostics[0]
-        return first.message + (f" (at {first.path})" if first.path else "")
+        return (f"{first.path}: " if first.path else "") + first.message
     return ""
 
 
