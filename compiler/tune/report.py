@@ -77,7 +77,7 @@ def write_progress(study, search: SearchSpec, study_dir: Path, total: int) -> No
                          os.path.join("trials", f"{t.number:03d}"), t.user_attrs.get("kspec.error", "")])
     atomic_write_text(study_dir / TRIALS_CSV, out.getvalue())
     best = best_trial(study, total)
-    if best is not None:
+    if best is not None and (trial_dir(study_dir, best.number) / SPEC).is_file():   # else: another machine's
         write_best(study_dir, best, search)
 
 

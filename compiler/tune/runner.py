@@ -278,15 +278,40 @@ class Tuner:
 
     @contextlib.contextmanager
     def _lock(self):
-        """One process at a time asks or takes over a trial (in this study directory)."""
+        """One process at a time asks or takes over a trial: a lock file in the study directory, and on
+        PostgreSQL an advisory lock of the study, which every machine sharing it takes."""
         import fcntl
 
         with open(self.study_dir / LOCK_FILE, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                yield
+                with self._database_lock():
+                    yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _database_lock(self):
+        engine = getattr(_rdb(self.study._storage), "engine", None)
+        if engine is None or engine.dialect.name != "postgresql":
+            yield
+            return
+        import zlib
+
+        from sqlalchemy import text
+
+        key = zlib.crc32(f"kspec tune {self.study.study_name}".encode())
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+def _rdb(storage):
+    """Optuna wraps an RDBStorage in a cache; the RDBStorage itself (or the storage as it is)."""
+    return getattr(storage, "_backend", storage)
 
 
 def _suggest(trial, param: Param) -> Any:
