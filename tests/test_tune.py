@@ -93,8 +93,9 @@ def test_validate_locates_every_search_error_without_optuna_or_tensorflow(tmp_pa
 
 
 def test_schema_errors_in_search_are_located(tmp_path):
-    spec = write(tmp_path, "bad.yaml", "  objective: {metric: val_loss}\n  sampler: tpee\n  pruner: {median: {warm: 1}}\n"
-                                       "  parameters:\n    train.epochs: {int: [1.5, 3]}\n")
+    spec = write(tmp_path, "bad.yaml", "  objective: {metric: val_loss}\n  sampler: tpee\n"
+                                       "  pruner: {median: {warm: 1}}\n  parameters:\n"
+                                       "    train.epochs: {int: [1.5, 3]}\n")
     result = kspec("validate", spec, cwd=tmp_path)
     assert result.returncode == 2
     assert f"{spec}:6:12: error: 'tpee' is not allowed here; did you mean 'tpe'?" in result.stderr
@@ -180,8 +181,9 @@ def test_pruned_and_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
     pruner = "  pruner: {median: {startup_trials: 1, warmup_epochs: 1}}\n"
     head = "  objective: {metric: val_loss, direction: minimize}\n" + pruner + "  parameters:\n"
     extra = "train: {epochs: 20}\n"
-    good = write(tmp_path, "good.yaml", head + "    train.optimizer.SGD.learning_rate: {choice: [0.5]}\n", extra)
-    slow = write(tmp_path, "slow.yaml", head + "    train.optimizer.SGD.learning_rate: {choice: [1.0e-7]}\n", extra)
+    good = write(tmp_path, "good.yaml", head + "    train.optimizer.SGD.learning_rate: {float: [0.5, 0.5]}\n", extra)
+    slow = write(tmp_path, "slow.yaml", head + "    train.optimizer.SGD.learning_rate: {float: [1.0e-7, 1.0e-7]}\n",
+                 extra)
     bad = write(tmp_path, "bad.yaml", head + "    model.inputs.measurements.shape: {choice: [[5]]}\n", extra)
     first = kspec("tune", good, "--study", "s", "--trials", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr

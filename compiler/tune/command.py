@@ -41,9 +41,10 @@ def tune(spec_path: str, overrides: list[str], plugins: list[str], trials: int |
     study_dir = Path(root) / f"{_safe(name)}-study"
     from .report import hparams, plot
     from .runner import Tuner
-    from .study import open_study, redact
+    from .study import check_compatible, open_study, redact
 
     study = open_study(search, name, study_dir, url, spec.seed, spec.train.epochs)
+    check_compatible(study, search)
     before = len(study.get_trials(deepcopy=False))
     where = "" if url == "auto" else f" on {redact(url)}"
     print(f"study '{name}'{where}: {min(before, total)} of {total} trials so far; "

@@ -63,7 +63,7 @@ def params_of(trial) -> dict[str, Any]:
 def write_progress(study, search: SearchSpec, study_dir: Path, total: int) -> None:
     """trials.csv, best.yaml and `best`: cheap, after every finished trial."""
     trials = counted(study, total)
-    paths = [p.path for p in search.parameters]
+    paths = study_paths(trials, search)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["number", "state", search.metric, "seconds", *paths, "run", "error"])
@@ -79,6 +79,15 @@ def write_progress(study, search: SearchSpec, study_dir: Path, total: int) -> No
     best = best_trial(study, total)
     if best is not None and (trial_dir(study_dir, best.number) / SPEC).is_file():   # else: another machine's
         write_best(study_dir, best, search)
+
+
+def study_paths(trials, search: SearchSpec) -> list[str]:
+    """The parameters' columns: this spec's, then any other that a trial of the study set (a study may be
+    continued with another search section)."""
+    paths = [p.path for p in search.parameters]
+    for t in trials:
+        paths += [k for k in params_of(t) if k not in paths]
+    return paths
 
 
 def _cell(value: Any) -> str:
@@ -133,20 +142,22 @@ def plot(study, search: SearchSpec, study_dir: Path, total: int) -> list[Path]:
     out = [study_dir / HISTORY_PNG, study_dir / PARAMS_PNG]
     _save(FigureCanvasAgg(fig), out[0])
 
-    params = search.parameters
-    fig = Figure(figsize=(4.0 * len(params), 3.6))
-    for i, param in enumerate(params):
-        ax = fig.add_subplot(1, len(params), i + 1)
-        pairs = [(params_of(t).get(param.path), t.value) for t in trials if param.path in params_of(t)]
-        if param.kind == "choice":
-            labels = [_cell(c) for c in param.choices]
+    paths = study_paths(trials, search)
+    logs = {p.path for p in search.parameters if p.log}
+    fig = Figure(figsize=(4.0 * len(paths), 3.6))
+    for i, path in enumerate(paths):
+        ax = fig.add_subplot(1, len(paths), i + 1)
+        pairs = [(params_of(t)[path], t.value) for t in trials if path in params_of(t)]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _ in pairs)
+        if numeric:
+            ax.scatter([v for v, _ in pairs], [y for _, y in pairs], s=18)
+            if path in logs:
+                ax.set_xscale("log")
+        else:                                   # choices (names, mappings): one column per value seen
+            labels = sorted({_cell(v) for v, _ in pairs})
             ax.scatter([labels.index(_cell(v)) for v, _ in pairs], [y for _, y in pairs], s=18)
             ax.set_xticks(range(len(labels)), [label[:18] for label in labels], rotation=20, fontsize=8)
-        else:
-            ax.scatter([v for v, _ in pairs], [y for _, y in pairs], s=18)
-            if param.log:
-                ax.set_xscale("log")
-        ax.set_xlabel(param.path, fontsize=8)
+        ax.set_xlabel(path, fontsize=8)
         ax.set_ylabel(search.metric)
     fig.tight_layout()
     _save(FigureCanvasAgg(fig), out[1])

@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import Diagnostic
 from ..train.history import read_history
 from ..train.rundir import CHECKPOINTS, HISTORY, METRICS
 from . import report
 from .space import Param, SearchSpec, active, base_tree, decode, encode
+from .study import TuneError
 
 HEARTBEAT_S = float(os.environ.get("KSPEC_TUNE_HEARTBEAT_S", 5))
 STALE_S = float(os.environ.get("KSPEC_TUNE_STALE_S", 60))
@@ -125,7 +127,12 @@ class Tuner:
                 trial.set_user_attr(SURPLUS, True)
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 return False
-            values = active(self.search.parameters, copy.deepcopy(self._base), ask=lambda p: _suggest(trial, p))
+            try:
+                values = active(self.search.parameters, copy.deepcopy(self._base), ask=lambda p: _suggest(trial, p))
+            except ValueError as exc:      # Optuna refused a value space: the trial is never run
+                trial.set_user_attr(ERROR, f"Optuna: {exc}")
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise TuneError(Diagnostic(f"trial {trial.number}: Optuna cannot sample it: {exc}")) from None
             sets = [f"{path}={json.dumps(v)}" for path, v in values.items()]
             trial.set_user_attr(SETS, sets)
             self._claim(trial)
@@ -138,12 +145,16 @@ class Tuner:
         with self._lock():
             now = time.time()
             for frozen in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                if frozen.number in self.running or frozen.number >= self.total or SETS not in frozen.user_attrs:
+                if frozen.number in self.running or frozen.number >= self.total:
                     continue
                 owner = frozen.user_attrs.get(OWNER) or {}
-                stale = now - float(frozen.user_attrs.get(BEAT, 0)) > STALE_S
+                stale = now - float(frozen.user_attrs.get(BEAT, frozen.datetime_start.timestamp()
+                                                           if frozen.datetime_start else 0)) > STALE_S
                 dead_here = owner.get("host") == self.me["host"] and not _alive(int(owner.get("pid", 0)))
                 if owner == self.me or not (stale or (self.resume and dead_here)):
+                    continue
+                if SETS not in frozen.user_attrs:     # its tuner died between asking and starting it
+                    self.study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
                     continue
                 trial = optuna.trial.Trial(self.study, frozen._trial_id)
                 self._claim(trial)

@@ -110,3 +110,43 @@ def open_study(search: SearchSpec, name: str, study_dir: Path, url: str, seed: i
         raise
     except ValueError as exc:   # an existing study of another direction
         raise TuneError(Diagnostic(f"cannot open study '{name}': {exc}")) from None
+
+
+def check_compatible(study, search: SearchSpec) -> None:
+    """A study continued with another `search:` section must keep each parameter's kind, log scale and
+    choices (Optuna cannot change them within a study): say so before any trial is asked."""
+    from optuna import distributions as d
+
+    from .space import encode
+
+    ours = {}
+    for p in search.parameters:
+        if p.kind == "choice":
+            ours[p.path] = d.CategoricalDistribution([encode(c) for c in p.choices])
+        elif p.kind == "int":
+            ours[p.path] = d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            ours[p.path] = d.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    problems = []
+    for trial in study.get_trials(deepcopy=False):
+        for name, old in trial.distributions.items():
+            if name in ours:
+                try:
+                    d.check_distribution_compatibility(old, ours[name])
+                except ValueError:
+                    loc = next(p.loc for p in search.parameters if p.path == name)
+                    problems.append(Diagnostic(
+                        f"study '{study.study_name}' already searched {name} as {_describe(old)}; a study keeps "
+                        "each parameter's kind, log scale and choices", loc, f"search.parameters.{name}",
+                        hint="keep the study's values, or start another study with --study NAME"))
+                ours.pop(name)
+    if problems:
+        raise TuneError(problems)
+
+
+def _describe(distribution) -> str:
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return "a choice of " + ", ".join(map(str, choices))
+    kind = "int" if type(distribution).__name__.startswith("Int") else "float"
+    return f"{kind} [{distribution.low}, {distribution.high}]" + (" (log)" if distribution.log else "")
