@@ -52,7 +52,7 @@ def journal_trials(study: Path, name: str, url: str | None = None) -> list:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    storage = url or optuna.storages.JournalStorage(JournalFileBackend(
+    storage = url.replace("postgresql://", "postgresql+psycopg2://") if url else optuna.storages.JournalStorage(JournalFileBackend(
         str(study / "study.journal"), lock_obj=JournalFileOpenLock(str(study / "study.journal"))))
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 

@@ -17,6 +17,7 @@ from ..errors import Diagnostic, KspecError
 from .space import SAMPLERS, SearchSpec
 
 JOURNAL = "study.journal"
+RDB_ATTEMPTS = 5
 
 
 class TuneError(KspecError):
@@ -42,12 +43,20 @@ def storage(url: str, study_dir: Path):
 
         path = str(study_dir / JOURNAL)
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:   # SQLAlchemy / psycopg2 errors: the message names the problem, not the password
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TuneError(Diagnostic(f"cannot open the study storage {redact(url)}: {text}",
-                                   hint="is the database server running and the URL right?")) from None
+    if url.startswith("postgresql://"):   # SQLAlchemy 2.1's default driver is psycopg 3; kspec[tune] has psycopg2
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    import time
+
+    for attempt in range(RDB_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except Exception as exc:   # SQLAlchemy / psycopg2 errors: the message names the problem, not the password
+            if "UniqueViolation" in str(exc) and attempt + 1 < RDB_ATTEMPTS:
+                time.sleep(1.0)    # another process created Optuna's tables at the same moment: they exist now
+                continue
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TuneError(Diagnostic(f"cannot open the study storage {redact(url)}: {text}",
+                                       hint="is the database server running and the URL right?")) from None
 
 
 def redact(url: str) -> str:
