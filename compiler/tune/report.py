@@ -98,11 +98,10 @@ def write_best(study_dir: Path, best, search: SearchSpec) -> None:
     """best.yaml from the trial's own spec.yaml (the resolved spec it trained), without `search:`."""
     import yaml
 
-    from ..spec.load import load_file
-    from ..spec.tree import plain
+    from ..spec.validate import read_tree
 
     run = trial_dir(study_dir, best.number)
-    tree = plain(load_file(run / SPEC))
+    tree = read_tree(run / SPEC)
     tree.pop("search", None)
     header = (f"# The best trial ({best.number}) of this study: {search.metric} = {best.value:.6g}.\n"
               f"# The fully resolved spec it trained; `kspec train best.yaml` reproduces it.\n")

@@ -106,9 +106,9 @@ class Param:
 
     @property
     def steps(self) -> list[str | int]:
-        from ..spec.overrides import parse_path
+        from ..spec.validate import override_steps
 
-        return parse_path(self.path)
+        return override_steps(self.path)
 
     def corners(self) -> list[Any]:
         """The values the spec must validate at: both bounds, or every choice."""
@@ -188,15 +188,10 @@ def active(params: tuple[Param, ...], base: Any, chosen: dict[str, Any] | None =
 
 def base_tree(path: str | Path, overrides: list[str]) -> Any:
     """The spec as `--set` sees it: `extends` merged, the command line's overrides applied (plain)."""
-    from ..spec.extends import load_with_extends
-    from ..spec.overrides import apply_overrides
     from ..spec.tree import plain
+    from ..spec.validate import merged_tree
 
-    tree = load_with_extends(path)
-    errors = Collector()
-    apply_overrides(tree, list(overrides), errors)
-    errors.raise_if_any()
-    return plain(tree)
+    return plain(merged_tree(path, overrides))
 
 
 def typed(search: dict, file: str) -> SearchSpec:
@@ -353,14 +348,10 @@ def _check_paths(result: SearchSpec, path, overrides: list[str], params_map, err
 
 def _validates(path, overrides: list[str]) -> str:
     """'' if the spec (without its search section) validates with these overrides, else the first problem."""
-    from ..spec.resolve import resolve
-    from ..spec.validate import validate
+    from ..spec.validate import check_with
 
-    errors = Collector()
     try:
-        tree = resolve(path, overrides, errors)
-        tree.pop("search", None)
-        validate(tree, str(path), errors)
+        check_with(path, overrides)
     except SpecError as exc:
         first: Diagnostic = exc.diagnostics[0]
         return (f"{first.path}: " if first.path else "") + first.message
