@@ -52,8 +52,9 @@ def journal_trials(study: Path, name: str, url: str | None = None) -> list:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-    storage = url.replace("postgresql://", "postgresql+psycopg2://") if url else optuna.storages.JournalStorage(JournalFileBackend(
-        str(study / "study.journal"), lock_obj=JournalFileOpenLock(str(study / "study.journal"))))
+    journal = str(study / "study.journal")
+    storage = url.replace("postgresql://", "postgresql+psycopg2://") if url else optuna.storages.JournalStorage(
+        JournalFileBackend(journal, lock_obj=JournalFileOpenLock(journal)))
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 

@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import Collector, Diagnostic, Loc, SpecError
 from ..suggest import did_you_mean
@@ -97,8 +97,8 @@ class Param:
 
     path: str
     kind: str
-    low: float | int | None = None
-    high: float | int | None = None
+    low: float = 0.0                      # int or float bounds (unused by a choice)
+    high: float = 0.0
     log: bool = False
     step: float | int | None = None
     choices: tuple[Any, ...] = ()
@@ -246,7 +246,7 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
-def check_search(spec, path: str | Path, overrides: list[str] = ()) -> SearchSpec:
+def check_search(spec, path: str | Path, overrides: Sequence[str] = ()) -> SearchSpec:
     """The meaning of a schema-valid `search:` section; raises SpecError listing every problem.
 
     Checked: bounds ordered, `log` with a positive low bound, a step that fits, the objective one

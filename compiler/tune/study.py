@@ -128,7 +128,7 @@ def check_compatible(study, search: SearchSpec) -> None:
 
     from .space import encode
 
-    ours = {}
+    ours: dict[str, Any] = {}
     for p in search.parameters:
         if p.kind == "choice":
             ours[p.path] = d.CategoricalDistribution([encode(c) for c in p.choices])
