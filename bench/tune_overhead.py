@@ -34,6 +34,8 @@ SET = "train.optimizer.SGD.learning_rate"
 
 
 def plain(folder: Path, trials: int, epochs: int) -> float:
+    for i in range(trials):
+        shutil.rmtree(folder / f"plain{i}", ignore_errors=True)
     start = time.perf_counter()
     for i in range(trials):
         subprocess.run([sys.executable, "-m", "compiler", "train", str(BASE), "--set", f"{SET}=0.1",
