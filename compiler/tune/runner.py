@@ -46,6 +46,7 @@ from .study import TuneError
 HEARTBEAT_S = float(os.environ.get("KSPEC_TUNE_HEARTBEAT_S", 5))
 STALE_S = float(os.environ.get("KSPEC_TUNE_STALE_S", 60))
 POLL_S = 0.25
+TAKEOVER_S = 2.0
 TERM_GRACE_S = 10.0
 MAX_RESTARTS = 2
 ERROR_LINES = 12
@@ -98,9 +99,11 @@ class Tuner:
         self._base = base_tree(self.spec_path, self.overrides)
         exhausted = False
         try:
+            next_look = 0.0
             while True:
-                if len(self.running) < self.parallel:
-                    self._take_over()
+                if len(self.running) < self.parallel and time.time() >= next_look:
+                    self._take_over()               # a dead process's trial first (looked for every TAKEOVER_S)
+                    next_look = time.time() + TAKEOVER_S
                 while len(self.running) < self.parallel and not exhausted:
                     exhausted = not self._start_new()
                 if not self.running:
