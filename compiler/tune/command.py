@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import Diagnostic, SpecError
+from ..errors import Diagnostic, Loc, SpecError
 from .space import MAX_TRIALS, STORAGE_URL
 
 MAX_PARALLEL = 256
@@ -22,10 +22,11 @@ def tune(spec_path: str, overrides: list[str], plugins: list[str], trials: int |
 
     spec = load_spec(spec_path, overrides)
     if spec.search is None:
-        raise SpecError(Diagnostic("the spec has no `search:` section: nothing to tune", None, "search",
+        raise SpecError(Diagnostic("the spec has no `search:` section: nothing to tune", Loc(spec_path, 1, 1), "search",
                                    hint="add search: {objective: ..., parameters: ...} (see README, kspec tune)"))
     if spec.train is None:
-        raise SpecError(Diagnostic("the spec has no `train:` section: a trial trains it", None, "train"))
+        raise SpecError(Diagnostic("the spec has no `train:` section: a trial trains it", Loc(spec_path, 1, 1),
+                                   "train"))
     search = spec.search
     if trials is not None and not 1 <= trials <= MAX_TRIALS:
         raise SpecError(Diagnostic(f"--trials must be 1..{MAX_TRIALS}, got {trials}"))
