@@ -234,7 +234,7 @@ def _wait(predicate, timeout: float = 300, what: str = ""):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the trial process through /proc")
 def test_kill_9_of_a_trial_and_of_the_tuner_then_resume(tmp_path):
-    epochs = 60
+    epochs = 40
     spec = write(tmp_path, "k.yaml", "  objective: {metric: val_accuracy}\n  trials: 2\n  parameters:\n"
                                      "    train.optimizer.SGD.learning_rate: {choice: [0.1, 0.2]}\n",
                  extra=f"train: {{epochs: {epochs}}}\n")
