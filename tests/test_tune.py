@@ -333,3 +333,29 @@ def test_two_processes_share_one_study_on_postgresql(tmp_path, postgres):
     assert sum(ran) == 3 and min(ran) >= 1, outputs                 # both processes ran trials, 3 in all
     for cwd in (one, two):                                          # each machine's report shows the whole study
         assert len(rows(cwd / "runs" / "pg-study")) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the trial process through /proc")
+def test_a_stale_trial_of_a_dead_tuner_is_taken_over_by_its_heartbeat(tmp_path):
+    """Another tuner (no --resume) continues the RUNNING trial whose heartbeat stopped: a dead machine's."""
+    epochs = 30
+    spec = write(tmp_path, "h.yaml", "  objective: {metric: val_accuracy}\n  trials: 1\n  parameters:\n"
+                                     "    train.optimizer.SGD.learning_rate: {choice: [0.1]}\n",
+                 extra=f"train: {{epochs: {epochs}}}\n")
+    run = tmp_path / "runs" / "h-study" / "trials" / "000"
+    tuner = start("tune", spec, cwd=tmp_path, env={**ENV, "KSPEC_TUNE_HEARTBEAT_S": "1"})
+    try:
+        _wait(lambda: _epochs_done(run) >= 2, what="trial 0's second checkpoint")
+        os.kill(tuner.pid, signal.SIGKILL)
+        tuner.wait(timeout=30)
+    finally:
+        if tuner.poll() is None:
+            tuner.kill()
+    started = time.time()
+    result = kspec("tune", spec, cwd=tmp_path, env={**ENV, "KSPEC_TUNE_STALE_S": "4"})
+    assert result.returncode == 0, result.stderr
+    assert "trial 0: continuing it" in result.stdout and time.time() - started > 4
+    assert [r["state"] for r in rows(tmp_path / "runs" / "h-study")] == ["COMPLETE"]
+    history = [int(line.split(",")[0]) for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert history == list(range(epochs))

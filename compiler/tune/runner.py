@@ -9,6 +9,8 @@ once; one loop (no threads) polls them:
 - a trial that exits non-zero is FAILED with the last lines of its stderr (trials.csv, error.txt);
 - a trial killed by SIGKILL (kill -9, the OOM killer) is continued with `kspec train --resume` on its
   run directory, at most MAX_RESTARTS times;
+- when the study has all its trials but some still run in other processes, this one waits for them
+  (they finish, or go stale and it takes them over), so that its reports cover the whole study;
 - every trial this process runs has a heartbeat (a user attribute, rewritten every HEARTBEAT_S):
   a RUNNING trial whose heartbeat is older than STALE_S belongs to a dead process or machine and is
   taken over (`--resume` also takes over at once those of dead processes on this machine), and
@@ -99,7 +101,7 @@ class Tuner:
         self._base = base_tree(self.spec_path, self.overrides)
         exhausted = False
         try:
-            next_look = 0.0
+            next_look, waiting = 0.0, False
             while True:
                 if len(self.running) < self.parallel and time.time() >= next_look:
                     self._take_over()               # a dead process's trial first (looked for every TAKEOVER_S)
@@ -107,8 +109,15 @@ class Tuner:
                 while len(self.running) < self.parallel and not exhausted:
                     exhausted = not self._start_new()
                 if not self.running:
-                    if not self._take_over():
+                    if self._take_over():
+                        continue
+                    others = self._others_running()
+                    if not others:
                         break
+                    if not waiting:           # the study is not done until they are: finish, or go stale
+                        print(f"waiting for {others} trial{'s' * (others > 1)} of other processes", flush=True)
+                    waiting = True
+                    time.sleep(TAKEOVER_S)
                     continue
                 for number in list(self.running):
                     self._poll(self.running[number])
@@ -168,6 +177,11 @@ class Tuner:
         run.reported = max(frozen.intermediate_values, default=-1)
         print(f"trial {frozen.number}: continuing it (its process is gone) from its checkpoint", flush=True)
         return True
+
+    def _others_running(self) -> int:
+        optuna = sys.modules["optuna"]
+        return sum(t.number < self.total and not t.user_attrs.get(SURPLUS)
+                   for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
     def _claim(self, trial) -> None:
         trial.set_user_attr(OWNER, self.me)
