@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-LOCK   := constraints.txt        # the exact versions the suite passed with (`make lock` rewrites it)
-EXTRAS := test,onnx,tune
+# The exact versions the suite passed with (`make lock` rewrites it).
+LOCK   := constraints.txt
+EXTRAS := test,onnx,serve,tune
 
 .PHONY: demo test test-fast test-latest lock fuzz schemas bench clean
 
@@ -52,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/build_overhead.py
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/tune_overhead.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock runs *.egg-info
