@@ -40,7 +40,7 @@ from typing import Any
 
 from ..errors import Diagnostic
 from ..train.history import read_history
-from ..train.rundir import CHECKPOINTS, HISTORY, METRICS
+from ..train.rundir import HISTORY, METRICS
 from . import report
 from .space import Param, SearchSpec, active, base_tree, decode, encode
 from .study import TuneError
@@ -385,7 +385,3 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def has_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / CHECKPOINTS).is_dir()
