@@ -178,11 +178,6 @@ def _clear_validator() -> None:
         validate._validator.cache_clear()
 
 
-def loaded_plugins() -> list[str]:
-    """The modules `--plugin` imported (so a spec's `plugins:` can be checked against them)."""
-    return list(_loaded)
-
-
 def require_declared_plugins(path) -> None:
     """A spec's `plugins:` only DECLARES modules (nothing read from a file may import code): each one must
     have been loaded with `--plugin` on the command line, else a located error naming the flag to pass.
