@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 # The exact versions the suite passed with (`make lock` rewrites it).
 LOCK   := constraints.txt
-EXTRAS := test,onnx,serve
+EXTRAS := test,onnx,serve,tune
 
 .PHONY: demo test test-fast test-latest lock fuzz schemas bench clean
 
@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/validate_speed.py
 	$(BIN)/python bench/build_overhead.py
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/tune_overhead.py
 	$(BIN)/python bench/serve_load.py
 
 clean:

@@ -204,6 +204,14 @@ def _worker_args(args) -> list[str]:
     return out
 
 
+def cmd_tune(args) -> int:
+    _load_plugins(args.plugin)
+    from .tune.command import tune
+
+    return tune(args.spec, args.overrides, args.plugin, args.trials, args.parallel, args.storage, args.study,
+                args.resume)
+
+
 def cmd_check(args) -> int:
     _trust(args)
     spec = _load_spec(args)
@@ -372,6 +380,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                    help="0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal, else 2)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("tune", help="search the spec's `search:` parameters with Optuna; each trial a `kspec train`")
+    _spec_args(s)
+    s.add_argument("--trials", type=int, metavar="N", help="trials in the study in total (default: search.trials)")
+    s.add_argument("--parallel", type=int, default=1, metavar="K", help="run K trials at once on this machine (1)")
+    s.add_argument("--storage", metavar="URL", help="`auto` (a journal file in the study directory) or "
+                                                    "postgresql://... shared by several machines")
+    s.add_argument("--study", metavar="NAME", help="the study's name (default: the spec's name); runs/NAME-study/")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the study; trials of a dead tuner on this machine are taken over at once")
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("check", help="debug a spec: can the model memorise a few examples (--overfit K); "
                                      "are its custom layers' gradients right (--gradients)")

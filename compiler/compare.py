@@ -48,12 +48,20 @@ def compare_runs(runs: Sequence[str | os.PathLike], output: str | os.PathLike = 
     """Read the runs, draw their curves into `output` (PNG), and return it with the table of final metrics."""
     if not runs:
         raise HistoryError(Diagnostic("kspec compare needs at least one run directory"))
-    paths = [Path(r) for r in runs]
+    paths = [p for r in runs for p in study_runs(Path(r))]
     labels = run_labels(paths)
     loaded = tuple(Run(p, label, read_history_columns(p / HISTORY, str(p)), _read_metrics(p))
                    for p, label in zip(paths, labels))
     png = plot_runs(loaded, Path(output))
     return Comparison(png, metrics_table(loaded), loaded)
+
+
+def study_runs(path: Path) -> list[Path]:
+    """A `kspec tune` study directory stands for its finished trials (trials/NNN with metrics.json)."""
+    trials = path / "trials"
+    if (path / HISTORY).exists() or not trials.is_dir():
+        return [path]
+    return sorted(p for p in trials.iterdir() if (p / METRICS).is_file()) or [path]
 
 
 def run_labels(paths: Sequence[Path]) -> list[str]:

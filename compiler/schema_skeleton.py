@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .tune.space import schema as search_schema
+
 DRAFT7 = "http://json-schema.org/draft-07/schema#"
 # A string starting with `$`. Written as allOf so that the pattern's error carries no "type": then
 # jsonschema's best_match prefers the real type's error ("1.5 is greater than ... 1") to this branch's.
@@ -325,6 +327,7 @@ def build(version: str, layer_names: list[str]) -> dict:
         "data": _data(layer_names),
         "model": _model(),
         "train": _train(),
+        "search": search_schema(),
         "plugins": {"type": "array", "description": "Python modules that register extra layers.",
                     "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$"}},
     }, required=("kspec",), description="A kspec spec: a neural network, its data and its training.")

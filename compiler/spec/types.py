@@ -176,3 +176,4 @@ class Spec:
     data: DataSpec | None
     train: TrainSpec | None
     tree: Any = field(default=None, compare=False, repr=False)
+    search: Any = None                    # a compiler.tune.space.SearchSpec when the spec has `search:`

@@ -35,7 +35,14 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     """load -> resolve -> validate: the whole front half, for one spec file."""
     errors = Collector()
     tree = resolve(path, overrides, errors)
-    return validate(tree, str(path), errors)
+    spec = validate(tree, str(path), errors)
+    if tree.get("search") is not None:   # `kspec tune`'s section, checked like the rest (compiler/tune/space.py)
+        import dataclasses
+
+        from ..tune.space import check_search
+
+        spec = dataclasses.replace(spec, search=check_search(spec, path, list(overrides)))
+    return spec
 
 
 @lru_cache(maxsize=1)
@@ -457,3 +464,40 @@ def _data(data: Map) -> DataSpec:
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
                     classes=tuple(str(c) for c in classes) if classes is not None else None,
                     loc=data.loc, classes_loc=data.value_loc("classes") if classes is not None else None)
+
+
+# -- entry points for `kspec tune` (compiler/tune/), which sets `--set` paths trial by trial ------
+
+def merged_tree(path: str | Path, overrides: list[str] = ()) -> Map:
+    """The spec as `--set` sees it: `extends` merged and the overrides applied, nothing expanded."""
+    from .extends import load_with_extends
+    from .overrides import apply_overrides
+
+    tree = load_with_extends(path)
+    errors = Collector()
+    apply_overrides(tree, list(overrides), errors)
+    errors.raise_if_any()
+    return tree
+
+
+def override_steps(path: str) -> list[str | int]:
+    """`model.layers[2].Dense.units` -> ['model', 'layers', 2, 'Dense', 'units'], as `--set` reads it."""
+    from .overrides import parse_path
+
+    return parse_path(path)
+
+
+def check_with(path: str | Path, overrides: list[str], without: tuple[str, ...] = ("search",)) -> None:
+    """Resolve and validate the spec with these overrides, its `without` sections left out; SpecError if not."""
+    errors = Collector()
+    tree = resolve(path, overrides, errors)
+    for key in without:
+        tree.pop(key, None)
+    validate(tree, str(path), errors)
+
+
+def read_tree(path: str | Path) -> Any:
+    """A YAML file (a run's spec.yaml) read by kspec's own safe loader, as plain data."""
+    from .load import load_file
+
+    return plain(load_file(path))

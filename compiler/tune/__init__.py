@@ -1,0 +1,1 @@
+"""`kspec tune`: hyper-parameter search over a spec's `search:` section, on Optuna (see space.py, runner.py)."""
