@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .data.images import ON_BAD_FILE
+from .data.stream import CACHE_MODES
+
 DRAFT7 = "http://json-schema.org/draft-07/schema#"
 # A string starting with `$`. Written as allOf so that the pattern's error carries no "type": then
 # jsonschema's best_match prefers the real type's error ("1.5 is greater than ... 1") to this branch's.
@@ -92,8 +95,11 @@ def _data(layer_names: list[str]) -> dict:
                  y={"description": "The target array key, or output name -> key for several outputs.",
                     "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
                  task=_TASK),
-        _one_key("images", {"type": "string", "description": "A folder with one sub-folder per class."},
-                 "Image files, one sub-folder per class: `{images: photos/, size: [160, 160]}`.",
+        _one_key("images", {"type": "string", "description": "A folder with one sub-folder per class, or a "
+                                                             "manifest CSV with a `path` and a label column."},
+                 "Image files, streamed from disk, one sub-folder per class: `{images: photos/, size: [160, 160]}`.",
+                 target={"type": "string", "description": "The label column of a manifest CSV (default `label`)."},
+                 delimiter={"type": "string", "description": "Field separator of a manifest CSV (default `,`)."},
                  size={"description": "[height, width] the images are resized to.", "type": "array",
                        "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
                  color_mode={"enum": ["rgb", "grayscale", "rgba"]}),
@@ -125,6 +131,14 @@ def _data(layer_names: list[str]) -> dict:
                                "them), numbered 0..k-1 in this order: `[5, 6, 7, 8, 9]`.",
                     "type": "array", "minItems": 1, "uniqueItems": True,
                     "items": {"type": ["string", "integer", "boolean"]}},
+        "cache": {"description": "Streamed sources: keep the decoded examples after the first epoch "
+                                 "(`auto`: in memory when they fit comfortably), or `{disk: DIR}`, "
+                                 "reused by later runs of the same spec.",
+                  "anyOf": [{"enum": list(CACHE_MODES)},
+                            _obj({"disk": {"type": "string", "description": "An existing folder."}},
+                                 required=("disk",))]},
+        "on_bad_file": {"description": "An unreadable image file: stop with an error naming it, or leave it out "
+                                       "(counted and listed in the run's data.json).", "enum": list(ON_BAD_FILE)},
         "preprocess": {"description": "Steps applied to the inputs, in order (statistics from the training "
                                       "split only): standardize, log1p, one_hot, `{rescale: {scale: ...}}`.",
                        "type": "array", "items": preprocess_item},

@@ -14,15 +14,14 @@ from typing import Mapping
 import numpy as np
 
 from ..spec.types import DataSpec, ModelSpec
-from . import synthetic
+from . import images, synthetic
 from .csvfile import encode_features, parse_column, read_csv
-from .table import (Table, assign, check_params, detect_task, did_you_mean, encode_labels,
-                    file_error, is_one_hot, source_error)
+from .table import (MAX_LABEL, LabelTooLarge, Table, assign, check_params, detect_task, did_you_mean,
+                    encode_labels, file_error, is_one_hot, source_error)
 
 SKLEARN = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 SKLEARN_REGRESSION = ("diabetes",)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+IMAGE_EXTENSIONS, IMAGE_FORMATS = images.IMAGE_EXTENSIONS, images.IMAGE_FORMATS
 _IMAGE_HINT = "replace or remove the file: every file with an image extension in a class folder is read"
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
 DEFAULT_IMAGE_SIZE = (256, 256)     # keras.utils.image_dataset_from_directory's default
@@ -87,18 +86,33 @@ def _task_override(data: DataSpec, output: str) -> str | None:
     return task
 
 
-def _target(data: DataSpec, output: str, values: np.ndarray, file: str, what: str):
+def _target(data: DataSpec, output: str, values: np.ndarray, file: str, what: str,
+            lines: list[int] | tuple[int, ...] | None = None):
     """(y, task, class names) for one target array: labels encoded, regression as float32."""
     task = _task_override(data, output) or detect_task(values)
     if task == "classification":
         if is_one_hot(values):
             return values.astype(np.float32), task, [str(i) for i in range(values.shape[1])]
-        labels, classes = encode_labels(values)
+        labels, classes = class_labels(values, file, what, lines)
         return labels, task, classes
     if values.dtype.kind not in "biuf":
         raise file_error(file, f"{what} holds text, but a regression target must be numeric")
     values = values.astype(np.float32)
     return (values[:, None] if values.ndim == 1 else values), task, None
+
+
+def class_labels(values: np.ndarray, file: str, what: str, lines=None) -> tuple[np.ndarray, list[str]]:
+    """`encode_labels`, with a label too large to be a class index reported at its line / example."""
+    try:
+        return encode_labels(values)
+    except LabelTooLarge as exc:
+        where = (f" on line {lines[exc.index]}" if lines is not None and exc.index < len(lines)
+                 else f" at example {exc.index} (counting from 0)")
+        raise file_error(file, f"{what} holds the class label {exc.value}{where}, but class labels are "
+                         f"0..{MAX_LABEL - 1} (label k is class k; the data holds {exc.distinct} distinct labels)",
+                         line=lines[exc.index] if lines is not None and exc.index < len(lines) else 0, col=1,
+                         hint="fix the label (a typo?), give the classes as text, or set `task: regression` "
+                              "if the target is a quantity") from None
 
 
 def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
@@ -131,7 +145,8 @@ def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
             if values.dtype.kind not in "iuf":
                 raise source_error(data, f"target columns {', '.join(cols)} of {f.name} must all be numeric "
                                    f"to form one output ({output!r})")
-        ys[output], tasks[output], names_ = _target(data, output, values, f.path, f"column {cols[0]!r}")
+        ys[output], tasks[output], names_ = _target(data, output, values, f.path, f"column {cols[0]!r}",
+                                                    f.lines)
         if names_:
             classes[output] = names_
     return Table(x, ys, tasks, classes, f.path, feature_names={k: names for k in x},
@@ -224,31 +239,46 @@ def _array(archive, path: str, key: str) -> np.ndarray:
 
 
 def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
-    """A folder with one sub-folder of images per class, loaded into memory (small sets)."""
-    check_params(data, ("path", "size", "color_mode"), "an images source")
+    """Image files, listed (not decoded): a folder with one sub-folder per class, or a manifest CSV
+    of `path,label` rows. The table's input holds file paths; `images.ImageReader` decodes them in tf.data."""
+    check_params(data, ("path", "size", "color_mode", "target", "delimiter"), "an images source")
     root = str(data.params.get("path") or "")
-    if not os.path.isdir(root):
-        raise file_error(root or "<none>", "image folder not found (expected one sub-folder per class)")
-    classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise file_error(root, "has no sub-folders; put the images of each class in a folder named after it")
     inputs, outputs = _names(model)
-    shape = model.inputs[0].shape if len(model.inputs) == 1 else ()
+    if len(inputs) != 1:
+        raise source_error(data, f"an images source feeds one model input, but the model has {len(inputs)} "
+                           f"({', '.join(inputs)})")
+    shape = tuple(model.inputs[0].shape)
     size, mode = image_format(data, shape)
-    images, labels = [], []
-    for k, cls in enumerate(classes):
-        folder = os.path.join(root, cls)
-        for file in sorted(os.listdir(folder)):
-            if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith("."):
-                images.append(load_image(os.path.join(folder, file), size, mode))
-                labels.append(k)
-    if not images:
-        raise file_error(root, f"has no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    x = assign(inputs, np.stack(images), "input", root, data)
-    y = assign(outputs, np.array(labels, dtype=np.int32), "output", root, data)
+    on_bad = data.on_bad_file
+    if os.path.isfile(root) and root.lower().endswith((".csv", ".tsv")):
+        target = str(data.params.get("target") or "label")
+        listing, raw, lines = images.list_manifest(root, target, on_bad,
+                                                   str(data.params.get("delimiter", ",")))
+        values = np.array([int(v) for v in raw]) if all(_is_int(v) for v in raw) else np.array(raw)
+        labels, classes = class_labels(values, root, f"column {target!r}", lines)
+        paths, origin_from, lines_ = listing.paths, f"column {target!r}", tuple(lines)
+    else:
+        if data.params.get("target") is not None:
+            raise source_error(data, "`target` names the label column of a manifest CSV; an image folder's "
+                               "labels are its sub-folder names")
+        listing = images.list_folder(root, on_bad)
+        labels, classes = np.array(listing.labels, dtype=np.int32), listing.classes
+        paths, origin_from, lines_ = listing.paths, "class folder", None
+    reader = images.ImageReader(size, COLOR_MODES[mode][1])
+    x = {inputs[0]: np.array(paths, dtype=str)}
+    y = assign(outputs, np.asarray(labels, dtype=np.int32), "output", root, data)
     out = next(iter(y))
-    return Table(x, y, {out: "classification"}, {out: classes}, root,
-                 x_from={k: "images" for k in x}, y_from={out: "class folder"}, file=root)
+    return Table(x, y, {out: "classification"}, {out: list(classes)}, root,
+                 x_from={k: "images" for k in x}, y_from={out: origin_from}, file=root, lines=lines_,
+                 reader=reader, skipped=tuple(listing.skipped))
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
 
 
 def image_format(data: DataSpec | None, shape: tuple) -> tuple[tuple[int, int], str]:

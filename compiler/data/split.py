@@ -34,12 +34,16 @@ class Arrays:
         return Arrays({k: v[index] for k, v in self.x.items()}, {k: v[index] for k, v in self.y.items()},
                       self.origin[index] if self.origin is not None else None)
 
+    def sample(self, n: int) -> "Arrays":
+        """The first `n` examples (as `Stream.sample` gives them, decoded, for a streamed split)."""
+        return self.take(np.arange(min(n, len(self))))
+
 
 @dataclass(frozen=True)
 class Splits:
     """The data set, split, with what later stages need to know about it."""
 
-    train: Arrays
+    train: Arrays                           # or a stream.Stream (same interface) for streamed sources
     validation: Arrays | None               # None when the fraction is 0
     test: Arrays | None
     task: str                               # of the first output
@@ -50,6 +54,8 @@ class Splits:
     targets: dict[str, str] = field(default_factory=dict)   # output -> target as the user names it
     file: str | None = None                 # the data file (or image folder), when there is one
     lines: tuple[int, ...] | None = None    # the file line of each example (CSV), for errors
+    notes: tuple[str, ...] = ()             # said in the run's log and kept in data.json (the cache chosen)
+    skipped: tuple[tuple[str, str], ...] = ()   # (file, why) left out under `data.on_bad_file: skip`
 
     def splits(self) -> dict[str, Arrays]:
         """The splits that exist, by name."""

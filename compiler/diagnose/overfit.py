@@ -104,7 +104,7 @@ def check_overfit(spec: Spec, examples: int = 16, epochs: int = 300, threshold: 
     model, splits = build_for_check(spec)
     check_labels(splits, output_units(model, spec.model.outputs))
     k = min(examples, len(splits.train))
-    subset = splits.train.take(np.arange(k))
+    subset = splits.train.sample(k)          # decoded, for a streamed split
     ds = make_dataset(subset, k, shuffle=False, seed=spec.seed)
     classification = [o for o in spec.model.outputs if splits.tasks.get(o) == "classification"]
 

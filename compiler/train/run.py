@@ -192,6 +192,8 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
     if splits is None:
         splits = load_splits(spec.data, spec.model, spec.seed)
     _write_data_info(run, splits, spec)
+    for note in splits.notes:
+        _say(verbose, note)
     if splits.validation is None and spec.train.monitor.startswith("val_"):
         monitor = spec.train.monitor.removeprefix("val_")
         _say(verbose, f"note: no validation split, so train.monitor {spec.train.monitor} falls back to {monitor}")
@@ -336,6 +338,8 @@ def _write_data_info(run: RunDir, splits, spec: Spec) -> None:
         "feature_names": splits.feature_names,
         "targets": splits.targets,
         "sizes": {name: len(part) for name, part in splits.splits().items()},
+        "notes": list(splits.notes),
+        "skipped": [{"file": f, "why": why} for f, why in splits.skipped],
     })
 
 
@@ -529,6 +533,9 @@ def _fit(model, train_ds, val_ds, initial_epoch: int, epochs: int, callbacks, ke
     except KeyboardInterrupt:
         raise
     except Exception as exc:
+        from ..data.stream import explain_failure
+
+        explain_failure(train_ds, val_ds)      # a file that a streamed pipeline could not read: name it
         raise _training_error(exc, guard, run) from None
     if guard.failed is not None:
         epoch, batch, what = guard.failed
