@@ -74,7 +74,10 @@ def problem(path: str) -> str | None:
     except UnidentifiedImageError:
         return f"cannot read image: not a {'/'.join(IMAGE_FORMATS)} file, or the file is damaged"
     except (OSError, ValueError, SyntaxError) as exc:
-        return f"cannot read image: {getattr(exc, 'strerror', None) or exc}"
+        text = str(getattr(exc, "strerror", None) or exc)
+        if "truncated" in text.lower():
+            return "image file is truncated (it ends inside its header)"
+        return f"cannot read image: {text}"
     if fmt == "JPEG" and b"\xff\xd9" not in tail:
         return "JPEG file is truncated (no end-of-image marker)"
     if fmt == "PNG" and b"IEND" not in tail:

@@ -16,7 +16,9 @@ import numpy as np
 from ..spec.types import DataSpec, ModelSpec
 from .bind import bind
 from .csvfile import features_like, parse_column, read_csv
-from .sources import IMAGE_EXTENSIONS, image_format, load_image
+from .files import check_regular
+from .images import problem
+from .sources import IMAGE_EXTENSIONS, check_member_size, image_format, load_image
 from .table import Table, did_you_mean, file_error
 
 
@@ -55,6 +57,7 @@ def _fit_flat(array: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
+    check_regular(path, "input file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             present = list(archive.files)
@@ -67,7 +70,13 @@ def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
                 if key is None:
                     raise file_error(path, f"{os.path.basename(path)} has no array for input {name!r}"
                                      f"{did_you_mean(name, present)}; arrays present: {', '.join(present)}")
-            return {name: archive[key] for name, key in keys.items()}
+            for key in keys.values():
+                check_member_size(archive, path, key)
+            arrays = {name: archive[key] for name, key in keys.items()}
+            for name, key in keys.items():
+                if arrays[name].ndim == 0:
+                    raise file_error(path, f"array {key!r} is a single value (0-d), not one entry per example")
+            return arrays
     except FileNotFoundError:
         raise file_error(path, "input file not found") from None
     except (OSError, ValueError) as exc:
@@ -75,8 +84,12 @@ def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def _npy(path: str) -> np.ndarray:
+    check_regular(path, "input file")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+        if array.ndim == 0:
+            raise file_error(path, "holds a single value (0-d), not one entry per example")
+        return array
     except FileNotFoundError:
         raise file_error(path, "input file not found") from None
     except (OSError, ValueError) as exc:
@@ -125,4 +138,8 @@ def _images(path: str, model: ModelSpec) -> np.ndarray:
             raise file_error(path, f"has no images ({', '.join(IMAGE_EXTENSIONS)})")
     else:
         files = [path]
+    for f in files:
+        why = problem(f)
+        if why is not None:
+            raise file_error(f, why)
     return np.stack([load_image(f, size, mode) for f in files])

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..spec.types import DataSpec, ModelSpec
 from . import images, synthetic
+from .files import check_regular
 from .csvfile import encode_features, parse_column, read_csv
 from .table import (MAX_LABEL, LabelTooLarge, Table, assign, check_params, detect_task, did_you_mean,
                     encode_labels, file_error, is_one_hot, source_error)
@@ -117,10 +118,18 @@ def class_labels(values: np.ndarray, file: str, what: str, lines=None) -> tuple[
 
 def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     """A CSV file with a header row: `target` column(s), the rest (or `features`) as inputs."""
-    check_params(data, ("path", "target", "features", "delimiter", "task"), "a csv source")
+    check_params(data, ("path", "target", "features", "delimiter", "task", "header", "columns"), "a csv source")
     if not data.params.get("path"):
         raise source_error(data, "a csv source needs a file path: `source: {csv: PATH, target: COLUMN}`")
-    f = read_csv(str(data.params["path"]), str(data.params.get("delimiter", ",")))
+    header, columns = data.params.get("header", True), data.params.get("columns")
+    if not isinstance(header, bool):
+        raise source_error(data, f"header must be true or false, got {header!r}")
+    if columns is not None and (header or not isinstance(columns, list) or not columns
+                                or len(set(map(str, columns))) != len(columns)):
+        raise source_error(data, "`columns: [NAME, ...]` (distinct names) goes with `header: false`, naming "
+                           "the columns of a file without a header row")
+    f = read_csv(str(data.params["path"]), str(data.params.get("delimiter", ",")), header_row=header,
+                 columns=[str(c) for c in columns] if columns else None)
     inputs, outputs = _names(model)
     by_output = _target_columns(data, outputs, f.header, f.name)
     targets = [c for cols in by_output.values() for c in cols]
@@ -185,6 +194,7 @@ def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     if not data.params.get("path"):
         raise source_error(data, "an npz source needs a file path: `source: {npz: PATH}`")
     path = str(data.params["path"])
+    check_regular(path, "npz file")
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -231,11 +241,18 @@ def _keys(data, path, present, given, names, default, what) -> dict[str, str]:
 
 
 def _array(archive, path: str, key: str) -> np.ndarray:
+    check_member_size(archive, path, key)
     try:
-        return archive[key]
+        array = archive[key]
     except ValueError:
         raise file_error(path, f"array {key!r} holds Python objects; save plain numeric arrays "
                          "(np.savez without object dtype)") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise file_error(path, f"cannot read array {key!r}: {exc}") from None
+    if array.ndim == 0:
+        raise file_error(path, f"array {key!r} is a single value (0-d), not one entry per example",
+                         hint="save an array whose first axis runs over the examples")
+    return array
 
 
 def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
@@ -279,6 +296,24 @@ def _is_int(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def check_member_size(archive, path: str, key: str) -> None:
+    """An npz member's header declares its shape; numpy allocates that before reading. A few bytes may
+    claim terabytes, so the declared size must agree with the member's real (uncompressed) size."""
+    name = key if key in getattr(archive, "zip", None).namelist() else f"{key}.npy"
+    try:
+        info = archive.zip.getinfo(name)
+        with archive.zip.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError):
+        return                                   # np.load reports it when the array is read
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > info.file_size:
+        raise file_error(path, f"array {key!r} declares shape {tuple(shape)} ({declared:,} bytes) but holds only "
+                         f"{info.file_size:,} bytes: the file is damaged or crafted")
 
 
 def image_format(data: DataSpec | None, shape: tuple) -> tuple[tuple[int, int], str]:

@@ -113,10 +113,20 @@ def table(predictions: dict[str, np.ndarray], info: dict, prefix: bool) -> dict[
     return columns
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell_text(value) -> str:
+    """A text cell as written to a CSV: text a spreadsheet would run as a formula (a class named
+    `=HYPERLINK(...)`, `+1`, `@SUM`) gets a leading `'`, which spreadsheets show as plain text."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def to_csv(columns: dict[str, list]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(list(columns))
+    writer.writerow([cell_text(c) for c in columns])
     for row in zip(*columns.values()):
-        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else cell_text(v) for v in row])
     return out.getvalue()

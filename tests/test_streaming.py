@@ -1,0 +1,348 @@
+"""Streamed data (issue 12) and the data-file bounds of issue 13, on real files written by each test.
+
+Image folders are listed, not decoded: the splits are `Stream`s whose pipelines decode in
+tf.data. Every bad file is named at listing time (or, under `on_bad_file: skip`, left out
+and listed); the bounds keep a one-character typo in a data file from exhausting memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compiler.data import Arrays, input_layers, input_dataset, load_splits, make_dataset, read_inputs
+from compiler.data.images import MAX_PIXELS, decode_image
+from compiler.data.stream import Stream
+from compiler.errors import DataError
+from compiler.spec.types import Component, DataSpec, InputSpec, ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def model(shape=(8, 8, 3), name="img"):
+    return ModelSpec((InputSpec(name, tuple(shape), "float32"),), (), ("y",))
+
+
+def images(root: Path, classes=("cat", "dog"), per_class=6, size=(10, 12), fmt="JPEG") -> Path:
+    """Class folders of images whose pixels encode the class (and vary a little per image)."""
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.full((*size, 3), 60 * (k + 1) + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.{'jpg' if fmt == 'JPEG' else 'png'}", fmt)
+    return root
+
+
+def error(data: DataSpec, m: ModelSpec = None) -> str:
+    started = time.perf_counter()
+    with pytest.raises(DataError) as e:
+        load_splits(data, m or model(), 0)
+    assert time.perf_counter() - started < 5
+    return str(e.value)
+
+
+# --------------------------------------------------------------------- image folders
+
+def test_image_folder_is_streamed_split_by_file_and_decoded_as_uint8(tmp_path):
+    root = images(tmp_path / "pets", per_class=10)
+    data = DataSpec("images", {"path": str(root)}, validation=0.2, test=0.2)
+    s = load_splits(data, model(), 0)
+    assert isinstance(s.train, Stream) and isinstance(s.validation, Stream) and isinstance(s.test, Stream)
+    assert (len(s.train), len(s.validation), len(s.test)) == (12, 4, 4)
+    for part in (s.validation, s.test):                     # stratified: both classes held out
+        assert sorted(part.y["y"].tolist()) == [0, 0, 1, 1]
+    files = set(map(str, s.train.files)) | set(map(str, s.validation.files)) | set(map(str, s.test.files))
+    assert len(files) == 20                                 # disjoint splits of the file list
+    assert "in memory" in s.notes[0] and "data.cache: auto" in s.notes[0]
+    again = load_splits(data, model(), 0)
+    assert list(again.train.files) == list(s.train.files)   # seeded
+    batches = list(make_dataset(s.train, 5, shuffle=True, seed=3))
+    x, y = batches[0]
+    assert x.dtype.name == "uint8" and tuple(x.shape) == (5, 8, 8, 3) and sum(len(b[1]) for b in batches) == 12
+    # each image's pixels say its class: the labels travel with their files through the shuffle
+    for xb, yb in batches:
+        assert np.all(np.abs(xb.numpy().reshape(len(yb), -1).mean(axis=1) - (60 * (yb.numpy() + 1) + 4.5)) < 6)
+    first = [b[1].numpy().tolist() for b in make_dataset(s.train, 5, shuffle=True, seed=3)]
+    assert first == [b[1].numpy().tolist() for b in batches]   # the same seed, the same order
+
+
+def test_decode_image_converts_modes_to_the_input_channels(tmp_path):
+    import tensorflow as tf
+
+    rgb = np.random.default_rng(0).integers(0, 255, (6, 7, 3), dtype=np.uint8)
+    kinds = {"gray.png": Image.fromarray(rgb[..., 0]), "rgba.png": Image.fromarray(rgb).convert("RGBA"),
+             "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"), "rgb.bmp": Image.fromarray(rgb),
+             "la.png": Image.fromarray(rgb[..., 0]).convert("LA"), "p.gif": Image.fromarray(rgb).convert("P")}
+    for name, img in kinds.items():
+        img.save(tmp_path / name)
+        data = tf.io.read_file(str(tmp_path / name))
+        for channels in (1, 3, 4):
+            out = decode_image(data, 4, 5, channels)
+            assert out.dtype == tf.uint8 and tuple(out.shape) == (4, 5, channels), (name, channels)
+    same = decode_image(tf.io.read_file(str(tmp_path / "rgb.bmp")), 6, 7, 3).numpy()
+    np.testing.assert_array_equal(same, rgb)                # no resize when the size already fits
+
+
+def test_grayscale_folder_feeds_an_rgb_model_and_standardize_adapts_by_streaming(tmp_path):
+    root = tmp_path / "g"
+    for k, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), 50 * k + 10 * i, dtype=np.uint8)).save(root / cls / f"{i}.png")
+    data = DataSpec("images", {"path": str(root)}, preprocess=(Component("preprocess", "standardize", {}),))
+    s = load_splits(data, model((8, 8, 3)), 0)
+    layers = input_layers(data, model((8, 8, 3)), s.train)
+    norm = layers["img"][0]
+    decoded = s.train.sample(100).x["img"].astype(np.float32)
+    assert decoded.shape == (8, 8, 8, 3)
+    np.testing.assert_allclose(np.asarray(norm.mean).reshape(-1)[:3], decoded.mean(axis=(0, 1, 2)), rtol=1e-4)
+    assert sum(len(b) for b in input_dataset(s.train, 3)) == 8
+
+
+def test_manifest_csv_of_paths_and_labels(tmp_path):
+    root = images(tmp_path / "pics", per_class=3)
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "kind"])
+        for k, cls in enumerate(("cat", "dog")):
+            for i in range(3):
+                w.writerow([f"pics/{cls}/{i}.jpg", ["meow", "woof"][k]])
+    s = load_splits(DataSpec("images", {"path": str(tmp_path / "labels.csv"), "target": "kind"}), model(), 0)
+    assert s.class_names["y"] == ["meow", "woof"] and len(s.train) == 6
+    (root / "cat" / "0.jpg").unlink()
+    message = error(DataSpec("images", {"path": str(tmp_path / "labels.csv"), "target": "kind"}))
+    assert "labels.csv:2:1: error:" in message and "0.jpg" in message and "not found" in message
+
+
+def test_disk_cache_is_written_in_the_folder_and_reused(tmp_path):
+    root = images(tmp_path / "pets", per_class=4)
+    (tmp_path / "cache").mkdir()
+    data = DataSpec("images", {"path": str(root)}, cache={"disk": str(tmp_path / "cache")})
+    s = load_splits(data, model(), 0)
+    assert s.train.cache.mode == "disk" and "on disk" in s.notes[0]
+    first = [y.numpy().tolist() for _, y in make_dataset(s.train, 4, shuffle=True, seed=0)]
+    written = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert written and all(n.startswith(f"kspec-cache-{s.train.cache.key}-train") for n in written)
+    s2 = load_splits(data, model(), 0)
+    assert s2.train.cache_file() == s.train.cache_file()          # the same spec finds the same cache
+    assert [y.numpy().tolist() for _, y in make_dataset(s2.train, 4, shuffle=True, seed=0)] == first
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == written
+    none = load_splits(DataSpec("images", {"path": str(root)}, cache="none"), model(), 0)
+    assert none.train.cache.mode == "none" and "each epoch" in none.notes[0]
+
+
+# --------------------------------------------------------------------- bad image files
+
+def _bomb(path: Path) -> None:
+    """A PNG of 10000 x 10000 pixels (100 M, over MAX_PIXELS) that is only a few kB on disk."""
+    assert 10000 * 10000 > MAX_PIXELS
+    Image.new("L", (10000, 10000)).save(path, optimize=True)
+
+
+BAD = {
+    "truncated JPEG": ("cat/bad.jpg", lambda p: p.write_bytes((p.parent / "0.jpg").read_bytes()[:300]),
+                       "truncated"),
+    "not an image": ("cat/notes.txt", lambda p: p.write_text("hello"), "not an image file"),
+    "image extension, text inside": ("cat/fake.png", lambda p: p.write_text("hello"), "cannot read image"),
+    "0-byte file": ("cat/empty.jpg", lambda p: p.write_bytes(b""), "empty (0 bytes)"),
+    "broken symlink": ("cat/link.jpg", lambda p: os.symlink(p.parent / "gone.jpg", p), "broken symbolic link"),
+    "FIFO": ("cat/pipe.jpg", lambda p: os.mkfifo(p), "FIFO"),
+    "decompression bomb": ("cat/bomb.png", _bomb, "decompression bomb"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_image_file_is_named_before_training(tmp_path, case):
+    name, make, expected = BAD[case]
+    root = images(tmp_path / "pets", per_class=2)
+    make(root / name)
+    message = error(DataSpec("images", {"path": str(root)}))
+    assert f"{root / name}: error:" in message and expected in message, message
+    s = load_splits(DataSpec("images", {"path": str(root)}, on_bad_file="skip"), model(), 0)
+    assert len(s.train) == 4 and [f for f, _ in s.skipped] == [str(root / name)]
+    assert "skipped 1" in s.notes[-1]
+
+
+def test_empty_class_folder(tmp_path):
+    root = images(tmp_path / "pets", per_class=2)
+    (root / "zebra").mkdir()
+    message = error(DataSpec("images", {"path": str(root)}))
+    assert f"{root / 'zebra'}: error:" in message and "no usable images" in message
+
+
+def test_image_size_mismatch_with_the_model_input(tmp_path):
+    root = images(tmp_path / "pets", per_class=2)
+    message = error(DataSpec("images", {"path": str(root), "size": [6, 6]}), model((8, 8, 3)))
+    assert "expects shape (8, 8, 3)" in message and "(6, 6, 3)" in message
+
+
+# --------------------------------------------------------------------- issue 13: bounds on data files
+
+def _csv(tmp_path, rows, header=("a", "b", "label"), name="d.csv", delimiter=","):
+    path = tmp_path / name
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
+
+
+def flat(n=2):
+    return ModelSpec((InputSpec("x", (n,), "float32"),), (), ("y",))
+
+
+def test_mistyped_huge_label_is_an_error_at_its_line(tmp_path):
+    rows = [[i, i * 2, i % 3] for i in range(60)]
+    rows[37][2] = 100000000
+    message = error(DataSpec("csv", {"path": _csv(tmp_path, rows), "target": "label"}), flat())
+    assert "d.csv:39:1: error:" in message and "100000000" in message and "on line 39" in message
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 2)), y=np.array([0, 1, 2, 1, 2 ** 63], dtype=np.uint64))
+    message = error(DataSpec("npz", {"path": str(tmp_path / "d.npz")}), flat())
+    assert str(2 ** 63) in message and "example 4" in message
+
+
+def test_unique_text_column_is_not_one_hot_encoded(tmp_path):
+    rows = [[f"id-{i:05d}", i % 7, i % 2] for i in range(40_000)]
+    message = error(DataSpec("csv", {"path": _csv(tmp_path, rows, ("id", "b", "label")), "target": "label"}),
+                    flat())
+    assert "column 'id'" in message and "40,000 distinct values" in message and "features:" in message
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+def test_csv_path_must_be_a_regular_file(tmp_path, kind):
+    path = {"device": "/dev/zero", "fifo": str(tmp_path / "pipe.csv"), "folder": str(tmp_path)}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    message = error(DataSpec("csv", {"path": path, "target": "label"}), flat())
+    assert f"{path}: error:" in message and "regular files only" in message
+
+
+def test_npz_with_a_0d_array_and_a_crafted_header(tmp_path):
+    np.savez(tmp_path / "z.npz", x=np.float32(3.0), y=np.zeros(3))
+    message = error(DataSpec("npz", {"path": str(tmp_path / "z.npz")}), flat())
+    assert "array 'x' is a single value (0-d)" in message
+    import zipfile
+
+    header = np.lib.format
+    with zipfile.ZipFile(tmp_path / "big.npz", "w") as z:
+        with z.open("x.npy", "w") as fh:
+            header.write_array_header_1_0(fh, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+        with z.open("y.npy", "w") as fh:
+            header.write_array(fh, np.zeros(3))
+    message = error(DataSpec("npz", {"path": str(tmp_path / "big.npz")}), flat())
+    assert "declares shape (1000000000000,)" in message and "damaged or crafted" in message
+
+
+def test_semicolon_csv_suggests_the_delimiter(tmp_path):
+    path = _csv(tmp_path, [[1, 2, 0], [3, 4, 1]], delimiter=";")
+    message = error(DataSpec("csv", {"path": path, "target": "label"}), flat())
+    assert "d.csv:1:1: error:" in message and 'delimiter: ";"' in message
+    s = load_splits(DataSpec("csv", {"path": path, "target": "label", "delimiter": ";"}), flat(), 0)
+    assert len(s.train) == 2
+
+
+def test_headerless_csv_with_column_names(tmp_path):
+    path = tmp_path / "h.tsv"
+    path.write_text("".join(f"{i}\t{i * 2}\t{i % 2}\n" for i in range(10)))
+    s = load_splits(DataSpec("csv", {"path": str(path), "target": "c", "delimiter": "\t", "header": False,
+                                     "columns": ["a", "b", "c"]}), flat(), 0)
+    assert len(s.train) == 10 and s.feature_names["x"] == ["a", "b"] and s.class_names["y"] == ["0", "1"]
+    s = load_splits(DataSpec("csv", {"path": str(path), "target": "column_3", "delimiter": "\t",
+                                     "header": False}), flat(), 0)
+    assert s.feature_names["x"] == ["column_1", "column_2"]
+
+
+def test_prediction_csv_cells_are_never_formulas():
+    from compiler.train.predict import to_csv
+
+    text = to_csv({"class": ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "cat"], "p": [0.5] * 5})
+    rows = list(csv.reader(text.splitlines()))
+    assert [r[0] for r in rows[1:]] == ["'=HYPERLINK(\"http://x\")", "'+1", "'-2", "'@SUM(A1)", "cat"]
+    assert rows[1][1] == "0.5"
+
+
+def test_predict_refuses_a_fifo_and_a_bomb(tmp_path):
+    os.mkfifo(tmp_path / "in.npy")
+    with pytest.raises(DataError) as e:
+        read_inputs(str(tmp_path / "in.npy"), flat(), {})
+    assert "FIFO" in str(e.value)
+    _bomb(tmp_path / "bomb.png")
+    with pytest.raises(DataError) as e:
+        read_inputs(str(tmp_path / "bomb.png"), model(), {})
+    assert "decompression bomb" in str(e.value)
+
+
+# --------------------------------------------------------------------- the command line, end to end
+
+SPEC = """\
+kspec: 1
+name: pets
+seed: 0
+data:
+  source: {images: %(root)s}
+  split: {validation: 0.25}
+  on_bad_file: skip
+model:
+  inputs:
+    img: {shape: [16, 16, 3]}
+  layers:
+    - Rescaling: {scale: 0.00392}
+    - Conv2D: {filters: 4, kernel_size: 3, activation: relu}
+    - GlobalAveragePooling2D: {}
+    - Dense: {units: 2, activation: softmax}
+      name: label
+  outputs: [label]
+train:
+  optimizer: adam
+  loss: sparse_categorical_crossentropy
+  metrics: [accuracy]
+  batch_size: 8
+  epochs: 2
+"""
+
+
+def kspec(*args, cwd=ROOT):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "compiler", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_on_an_image_folder(tmp_path):
+    root = images(tmp_path / "pets", per_class=12, size=(20, 20))
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    spec = tmp_path / "pets.yaml"
+    spec.write_text(SPEC % {"root": root})
+    run = tmp_path / "run"
+    r = kspec("train", spec, "--run-dir", run)
+    assert r.returncode == 0, r.stderr
+    assert "caching 24 decoded examples" in r.stdout and "skipped 1" in r.stdout
+    info = json.loads((run / "data.json").read_text())
+    assert info["sizes"] == {"train": 18, "validation": 6}
+    assert [s["file"] for s in info["skipped"]] == [str(root / "dog" / "broken.jpg")]
+    r = kspec("evaluate", run)
+    assert r.returncode == 0 and "validation (6 examples)" in r.stdout, r.stderr
+    r = kspec("predict", run, root / "cat", "-o", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 12 and set(rows[0]) == {"class", "p_cat", "p_dog"}
+    spec.write_text((SPEC % {"root": root}).replace("  on_bad_file: skip\n", ""))
+    r = kspec("train", spec, "--run-dir", tmp_path / "run2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{root / 'dog' / 'broken.jpg'}: error: cannot read image" in r.stderr
+    assert not (tmp_path / "run2").exists()
+
+
+def test_arrays_keep_the_in_memory_path():
+    s = load_splits(DataSpec("sklearn", {"name": "iris"}), flat(4), 0)
+    assert isinstance(s.train, Arrays) and s.notes == ()
+    assert s.train.sample(5).x["x"].shape == (5, 4)
