@@ -331,6 +331,8 @@ def test_train_evaluate_predict_on_an_image_folder(tmp_path):
     assert [s["file"] for s in info["skipped"]] == [str(root / "dog" / "broken.jpg")]
     r = kspec("evaluate", run)
     assert r.returncode == 0 and "validation (6 examples)" in r.stdout, r.stderr
+    r = kspec("evaluate", run, "--data", root)
+    assert r.returncode == 0 and "pets (24 examples)" in r.stdout, r.stderr
     r = kspec("predict", run, root / "cat", "-o", tmp_path / "p.csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))

@@ -143,3 +143,53 @@ def _images(path: str, model: ModelSpec) -> np.ndarray:
         if why is not None:
             raise file_error(f, why)
     return np.stack([load_image(f, size, mode) for f in files])
+
+
+def image_stream(path: str, model: ModelSpec, batch_size: int):
+    """`kspec predict RUN FOLDER`: the images in FOLDER (sorted by name) as a batched dataset decoded in
+    tf.data, and their paths; None when `path` is not a folder (then `read_inputs` reads it)."""
+    if not os.path.isdir(path) or len(model.inputs) != 1:
+        return None
+    import tensorflow as tf
+
+    from .images import ImageReader
+    from .sources import COLOR_MODES
+
+    size, mode = image_format(None, tuple(model.inputs[0].shape))
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not files:
+        raise file_error(path, f"has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for f in files:
+        why = problem(f)
+        if why is not None:
+            raise file_error(f, why)
+    reader = ImageReader(size, COLOR_MODES[mode][1])
+    ds = tf.data.Dataset.from_tensor_slices(files).map(reader.element, num_parallel_calls=tf.data.AUTOTUNE,
+                                                       deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), files
+
+
+def image_folder_split(path: str, model: ModelSpec, class_names: list[str], one_hot: bool = False,
+                       on_bad_file: str = "error"):
+    """`kspec evaluate RUN --data FOLDER`: a folder of class sub-folders, labelled by the training class
+    names, as a streamed split (never decoded up front)."""
+    from .images import ImageReader, list_folder
+    from .sources import COLOR_MODES
+    from .split import Arrays
+    from .stream import CachePlan, Stream
+
+    listing = list_folder(path, on_bad_file)
+    unknown = [c for c in listing.classes if c not in class_names]
+    if unknown:
+        raise file_error(path, f"class folder(s) {', '.join(unknown)} are not classes the model was trained on "
+                         f"(its classes: {', '.join(class_names)})")
+    index = {c: class_names.index(c) for c in listing.classes}
+    labels = np.array([index[listing.classes[k]] for k in listing.labels], dtype=np.int32)
+    if one_hot:                                   # the run was trained on one-hot targets
+        hot = np.zeros((len(labels), len(class_names)), dtype=np.float32)
+        hot[np.arange(len(labels)), labels] = 1.0
+        labels = hot
+    size, mode = image_format(None, tuple(model.inputs[0].shape))
+    refs = Arrays({model.inputs[0].name: np.array(listing.paths, dtype=str)}, {model.outputs[0]: labels})
+    return Stream(refs, ImageReader(size, COLOR_MODES[mode][1]), CachePlan("none"), os.path.basename(path))

@@ -32,13 +32,18 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
     spec, model = loaded.spec, loaded.model
     info = info_or_splits(loaded)
     from ..data import read_inputs
+    from ..data.inputs import image_stream
 
-    x = read_inputs(input, spec.model, info.get("feature_names") or {})
-    names = [i.name for i in spec.model.inputs]
-    feed = x[names[0]] if len(names) == 1 else {n: x[n] for n in names}
     batch = spec.train.batch_size if spec.train else 32
+    streamed = image_stream(input, spec.model, batch)      # a folder of images: decoded batch by batch
+    if streamed is not None:
+        feed = streamed[0]
+    else:
+        x = read_inputs(input, spec.model, info.get("feature_names") or {})
+        names = [i.name for i in spec.model.inputs]
+        feed = x[names[0]] if len(names) == 1 else {n: x[n] for n in names}
     try:
-        raw = model.predict(feed, batch_size=batch, verbose=0)
+        raw = model.predict(feed, batch_size=None if streamed else batch, verbose=0)
     except Exception as exc:
         from ..build.errors import keras_message
 
