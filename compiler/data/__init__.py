@@ -19,6 +19,7 @@ from __future__ import annotations
 from ..spec.types import DataSpec, ModelSpec
 from .bind import bind
 from .classes import keep_classes
+from .csvstream import stream_csv, wants_stream
 from .inputs import read_inputs
 from .pipeline import input_dataset, make_dataset
 from .preprocess import check_steps, encode_targets, input_layers
@@ -34,6 +35,8 @@ def load_splits(data: DataSpec, model: ModelSpec, seed: int) -> Splits:
     A streamed source (image files) is split on its list of files; its splits are `Stream`s."""
     seed = data.split_seed if data.split_seed is not None else seed
     check_steps(data)
+    if wants_stream(data):                      # a CSV file bigger than memory
+        return stream_csv(data, model, seed)
     table = keep_classes(load_table(data, model, seed), data)
     if table.reader is not None:
         return stream_splits(split_table(encode_targets(check_streamed(table, data, model), data), data, seed),

@@ -25,7 +25,8 @@ SKLEARN_REGRESSION = ("diabetes",)
 IMAGE_EXTENSIONS, IMAGE_FORMATS = images.IMAGE_EXTENSIONS, images.IMAGE_FORMATS
 _IMAGE_HINT = "replace or remove the file: every file with an image extension in a class folder is read"
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
-DEFAULT_IMAGE_SIZE = (256, 256)     # keras.utils.image_dataset_from_directory's default
+DEFAULT_IMAGE_SIZE = (256, 256)
+CSV_PARAMS = ("path", "target", "features", "delimiter", "task", "header", "columns", "stream")     # keras.utils.image_dataset_from_directory's default
 
 
 def load_table(data: DataSpec, model: ModelSpec, seed: int) -> Table:
@@ -118,7 +119,7 @@ def class_labels(values: np.ndarray, file: str, what: str, lines=None) -> tuple[
 
 def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     """A CSV file with a header row: `target` column(s), the rest (or `features`) as inputs."""
-    check_params(data, ("path", "target", "features", "delimiter", "task", "header", "columns"), "a csv source")
+    check_params(data, CSV_PARAMS, "a csv source")
     if not data.params.get("path"):
         raise source_error(data, "a csv source needs a file path: `source: {csv: PATH, target: COLUMN}`")
     header, columns = data.params.get("header", True), data.params.get("columns")

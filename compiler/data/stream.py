@@ -112,10 +112,7 @@ class Stream:
         ds = ds.batch(batch_size).prefetch(auto)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        ds = ds.with_options(options)
-        _STREAMS[id(ds)] = self
-        weakref.finalize(ds, _STREAMS.pop, id(ds), None)
-        return ds
+        return register(ds.with_options(options), self)
 
     def cache_file(self) -> str:
         return os.path.join(str(self.cache.directory), f"kspec-cache-{self.cache.key}-{self.split}")
@@ -136,7 +133,14 @@ class Stream:
                                                     "`data.on_bad_file: skip`")) from None
 
 
-_STREAMS: dict[int, Stream] = {}
+_STREAMS: dict[int, Any] = {}
+
+
+def register(ds, stream):
+    """Remember which streamed split `ds` reads, so that a failed epoch can name the bad file."""
+    _STREAMS[id(ds)] = stream
+    weakref.finalize(ds, _STREAMS.pop, id(ds), None)
+    return ds
 
 
 def explain_failure(*datasets) -> None:
