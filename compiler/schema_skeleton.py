@@ -87,6 +87,12 @@ def _data(layer_names: list[str]) -> dict:
                  features={"description": "The feature columns (default: all but the target).",
                            "type": "array", "items": _STR},
                  delimiter={"type": "string", "description": "Field separator (default `,`)."},
+                 header=_bool("The first line names the columns (default true)."),
+                 columns={"description": "Column names of a file without a header row (`header: false`).",
+                          "type": "array", "items": _STR, "minItems": 1, "uniqueItems": True},
+                 stream={"description": "Stream the file through tf.data instead of reading it into memory "
+                                        "(`auto`: files over 256 MB).",
+                         "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
                  task=_TASK),
         _one_key("npz", {"type": "string", "description": "Path of the .npz file (relative to the spec)."},
                  "A NumPy .npz archive with arrays `x` and `y` (or other keys).",
