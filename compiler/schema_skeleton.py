@@ -84,8 +84,10 @@ def _data(layer_names: list[str]) -> dict:
         _one_key("csv", {"type": "string", "description": "Path of the CSV file (relative to the spec)."},
                  "A CSV file with a header row: `{csv: data.csv, target: y}`.",
                  target={"description": "The target column(s).", **_STRS},
-                 features={"description": "The feature columns (default: all but the target).",
-                           "type": "array", "items": _STR},
+                 features={"description": "The feature columns (default: all but the target), or model input "
+                                          "-> columns for several inputs (streamed files).",
+                           "anyOf": [{"type": "array", "items": _STR},
+                                     {"type": "object", "additionalProperties": {"type": "array", "items": _STR}}]},
                  delimiter={"type": "string", "description": "Field separator (default `,`)."},
                  header=_bool("The first line names the columns (default true)."),
                  columns={"description": "Column names of a file without a header row (`header: false`).",

@@ -348,3 +348,66 @@ def test_arrays_keep_the_in_memory_path():
     s = load_splits(DataSpec("sklearn", {"name": "iris"}), flat(4), 0)
     assert isinstance(s.train, Arrays) and s.notes == ()
     assert s.train.sample(5).x["x"].shape == (5, 4)
+
+
+# --------------------------------------------------------------------- CSV bigger than memory (streamed)
+
+def _numbers_csv(path: Path, rows: int, bad: dict[int, str] | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    lines = ["a,b,c,d,label"]
+    for i in range(rows):
+        a, b, c, d = rng.normal(size=4)
+        lines.append(f"{a:.3f},{b:.3f},{c:.3f},{d:.3f},{int(a > 0) + int(b > 0)}")
+    for number, text in (bad or {}).items():
+        lines[number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_streamed_csv_splits_by_line_and_feeds_several_inputs(tmp_path):
+    from compiler.data.csvstream import CsvStream
+
+    path = _numbers_csv(tmp_path / "big.csv", 3000)
+    two = ModelSpec((InputSpec("left", (2,), "float32"), InputSpec("right", (2,), "float32")), (), ("y",))
+    data = DataSpec("csv", {"path": str(path), "target": "label", "stream": True,
+                            "features": {"left": ["a", "b"], "right": ["c", "d"]}}, validation=0.2, test=0.1)
+    s = load_splits(data, two, 0)
+    assert isinstance(s.train, CsvStream) and "streaming" in s.notes[0]
+    sizes = (len(s.train), len(s.validation), len(s.test))
+    assert sum(sizes) == 3000 and abs(sizes[1] - 600) < 90 and abs(sizes[2] - 300) < 70
+    seen = {}
+    for name, part in s.splits().items():
+        batches = list(make_dataset(part, 256, shuffle=name == "train", seed=1))
+        seen[name] = sum(len(y) for _, y in batches)
+        x, y = batches[0]
+        assert set(x) == {"left", "right"} and tuple(x["left"].shape[1:]) == (2,) and y.dtype.name == "int32"
+    assert (seen["train"], seen["validation"], seen["test"]) == sizes      # the counts are the pipeline's
+    assert s.class_names["y"] == ["0", "1", "2"] and s.feature_names == {"left": ["a", "b"], "right": ["c", "d"]}
+    sample = s.train.sample(4)
+    assert sample.x["left"].shape == (4, 2)
+    text = path.read_text().splitlines()
+    assert f"{sample.x['left'][0, 0]:.3f}" in {line.split(",")[0] for line in text[1:]}
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("1.0,2.0,3.0,0", "line 2500 has 4 fields but the header has 5"),
+    ("1.0,oops,3.0,4.0,1", "column 'b' holds numbers but has text on line 2500"),
+    ("1.0,2.0,3.0,4.0,7", "has the label 7"),
+])
+def test_streamed_csv_bad_line_half_way_is_named(tmp_path, monkeypatch, bad, expected):
+    import compiler.data.csvstream
+
+    monkeypatch.setattr(compiler.data.csvstream, "SAMPLE_ROWS", 1000)      # the bad line is past the sample
+    path = _numbers_csv(tmp_path / "big.csv", 3000, {2500: bad})
+    s = load_splits(DataSpec("csv", {"path": str(path), "target": "label", "stream": True}), flat(4), 0)
+    import tensorflow as tf
+
+    from compiler.data.stream import explain_failure
+
+    ds = make_dataset(s.train, 512, shuffle=False, seed=0)
+    with pytest.raises(tf.errors.OpError):
+        for _ in ds:
+            pass
+    with pytest.raises(DataError) as e:
+        explain_failure(ds)
+    assert f"{path}:2500:" in str(e.value) and expected in str(e.value), str(e.value)

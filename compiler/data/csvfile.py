@@ -81,6 +81,12 @@ def read_csv(path: str, delimiter: str = ",", header_row: bool = True,
     except UnicodeDecodeError as exc:
         raise file_error(path, f"cannot read CSV file: {exc}") from None
     del raw
+    return parse_csv_text(path, text, delimiter, header_row, columns)
+
+
+def parse_csv_text(path: str, text: str, delimiter: str = ",", header_row: bool = True,
+                   columns: list[str] | None = None) -> CsvFile:
+    """`read_csv` on text already read (the first rows of a streamed file); errors name `path`."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     header: list[str] | None = None if header_row else list(columns or [])
     rows, lines = [], []

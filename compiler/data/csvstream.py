@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DataError, Diagnostic, Loc
-from .csvfile import MISSING, read_csv
+from .csvfile import MISSING, parse_csv_text
 from .split import Arrays
 from .table import file_error
 
@@ -92,12 +92,7 @@ def layout(data, model, header: bool, columns: list[str] | None) -> tuple[CsvLay
     if '"' in sample:
         raise file_error(path, "a streamed CSV file may not quote fields (its first rows do)",
                          hint="write the file without quotes, or `stream: false` to read it into memory")
-    tmp = _write_temp(sample)
-    try:
-        f = read_csv(tmp, delimiter, header_row=header, columns=columns)
-    finally:
-        os.unlink(tmp)
-    f = type(f)(path, f.header, f.rows, f.lines, f.raw, f.delimiter)
+    f = parse_csv_text(path, sample, delimiter, header_row=header, columns=columns)
     outputs = tuple(model.outputs)
     if len(outputs) != 1:
         raise file_error(path, "a streamed CSV file feeds a single-output model")
@@ -152,15 +147,6 @@ def _head(path: str, lines: int) -> str:
                 break
             out.append(line)
     return "".join(out)
-
-
-def _write_temp(text: str) -> str:
-    import tempfile
-
-    fd, name = tempfile.mkstemp(suffix=".csv", prefix="kspec-sample-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    return name
 
 
 @dataclass(frozen=True)
