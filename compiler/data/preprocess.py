@@ -68,6 +68,18 @@ def input_layers(data: DataSpec, model: ModelSpec, train: Arrays) -> dict[str, l
 
     `train` may be a streamed split: `standardize` then adapts on one streaming pass over it."""
     check_steps(data)
+    if not isinstance(train, Arrays):
+        try:
+            return _input_layers(data, model, train)
+        except (SpecError, DataError):
+            raise
+        except Exception:
+            train.find_bad_file()         # a streamed file that fails to parse: name it (line, column)
+            raise
+    return _input_layers(data, model, train)
+
+
+def _input_layers(data: DataSpec, model: ModelSpec, train) -> dict[str, list[Any]]:
     layers: dict[str, list[Any]] = {i.name: [] for i in model.inputs}
     for step in data.preprocess:
         if step.name in INPUT_STEPS:

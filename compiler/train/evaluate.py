@@ -120,6 +120,9 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, verbose: bool 
         metrics = loaded.model.evaluate(ds, verbose=0, return_dict=True)
     except Exception as exc:
         from ..build.errors import keras_message
+        from ..data.stream import explain_failure
+
+        explain_failure(ds)            # a streamed file that cannot be read: name it
 
         raise DataError(Diagnostic(f"cannot evaluate on {name}: {keras_message(exc)}")) from None
     metrics = {k: float(np.asarray(v).reshape(())) for k, v in metrics.items()}
