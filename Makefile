@@ -51,6 +51,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/validate_speed.py
 	$(BIN)/python bench/build_overhead.py
 	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/image_folder.py
+	$(BIN)/python bench/csv_stream.py
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock runs *.egg-info

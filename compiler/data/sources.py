@@ -25,8 +25,8 @@ SKLEARN_REGRESSION = ("diabetes",)
 IMAGE_EXTENSIONS, IMAGE_FORMATS = images.IMAGE_EXTENSIONS, images.IMAGE_FORMATS
 _IMAGE_HINT = "replace or remove the file: every file with an image extension in a class folder is read"
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
-DEFAULT_IMAGE_SIZE = (256, 256)
-CSV_PARAMS = ("path", "target", "features", "delimiter", "task", "header", "columns", "stream")     # keras.utils.image_dataset_from_directory's default
+DEFAULT_IMAGE_SIZE = (256, 256)     # keras.utils.image_dataset_from_directory's default
+CSV_PARAMS = ("path", "target", "features", "delimiter", "task", "header", "columns", "stream")
 
 
 def load_table(data: DataSpec, model: ModelSpec, seed: int) -> Table:
