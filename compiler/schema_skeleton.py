@@ -102,6 +102,9 @@ def _data(layer_names: list[str]) -> dict:
                     "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
                  y={"description": "The target array key, or output name -> key for several outputs.",
                     "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
+                 stream={"description": "Memory-map the input arrays (np.savez, uncompressed) instead of reading "
+                                        "them into memory (`auto`: archives over 256 MB).",
+                         "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
                  task=_TASK),
         _one_key("images", {"type": "string", "description": "A folder with one sub-folder per class, or a "
                                                              "manifest CSV with a `path` and a label column."},

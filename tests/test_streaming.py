@@ -411,3 +411,54 @@ def test_streamed_csv_bad_line_half_way_is_named(tmp_path, monkeypatch, bad, exp
     with pytest.raises(DataError) as e:
         explain_failure(ds)
     assert f"{path}:2500:" in str(e.value) and expected in str(e.value), str(e.value)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_on_a_streamed_image_folder(tmp_path):
+    import signal
+
+    root = images(tmp_path / "pets", per_class=40, size=(16, 16))
+    spec = tmp_path / "pets.yaml"
+    spec.write_text((SPEC % {"root": root}).replace("epochs: 2", "epochs: 40"))
+    run = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "compiler", "train", str(spec), "--run-dir", str(run)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    history = run / "history.csv"
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 4:     # header + 3 epochs
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = kspec("train", spec, "--run-dir", run, "--resume")
+    assert r.returncode == 0, r.stderr
+    epochs = [int(row["epoch"]) for row in csv.DictReader(open(history))]
+    assert epochs == list(range(40))
+
+
+def test_npz_inputs_memory_mapped_and_read_batch_by_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3, 2)).astype(np.float32)
+    y = (x[:, 0, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "big.npz", x=x, y=y)
+    m = ModelSpec((InputSpec("x", (3, 2), "float32"),), (), ("y",))
+    data = DataSpec("npz", {"path": str(tmp_path / "big.npz"), "stream": True}, validation=0.2,
+                    preprocess=(Component("preprocess", "standardize", {}),))
+    s = load_splits(data, m, 0)
+    assert isinstance(s.train, Stream) and "memory-mapping 500 examples" in s.notes[0]
+    assert (len(s.train), len(s.validation)) == (400, 100)
+    np.testing.assert_array_equal(s.train.sample(5).x["x"], x[s.train.files[:5]])
+    got = {}
+    for xb, yb in make_dataset(s.train, 64, shuffle=True, seed=0):      # rows travel with their labels
+        for row, label in zip(xb.numpy(), yb.numpy()):
+            assert label == int(row[0, 0] > 0)
+            got[row.tobytes()] = True
+    assert len(got) == 400
+    norm = input_layers(data, m, s.train)["x"][0]
+    np.testing.assert_allclose(np.asarray(norm.mean).reshape(-1), x[s.train.files].mean(axis=(0, 1)), atol=1e-5)
+    np.savez_compressed(tmp_path / "small.npz", x=x, y=y)
+    message = error(DataSpec("npz", {"path": str(tmp_path / "small.npz"), "stream": True}), m)
+    assert "compressed" in message and "np.savez" in message

@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from ..spec.types import DataSpec, ModelSpec
-from . import images, synthetic
+from . import images, npmap, synthetic
 from .files import check_regular
 from .csvfile import encode_features, parse_column, read_csv
 from .table import (MAX_LABEL, LabelTooLarge, Table, assign, check_params, detect_task, did_you_mean,
@@ -191,7 +191,7 @@ def _target_columns(data: DataSpec, outputs: tuple[str, ...], header: list[str],
 
 def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     """A numpy .npz archive: `x` and `y`, other keys via `x:`/`y:`, or one array per input/output name."""
-    check_params(data, ("path", "x", "y", "task"), "an npz source")
+    check_params(data, ("path", "x", "y", "task", "stream"), "an npz source")
     if not data.params.get("path"):
         raise source_error(data, "an npz source needs a file path: `source: {npz: PATH}`")
     path = str(data.params["path"])
@@ -208,6 +208,9 @@ def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     with archive:
         x_keys = _keys(data, path, archive.files, data.params.get("x"), inputs, "x", "input")
         y_keys = _keys(data, path, archive.files, data.params.get("y"), outputs, "y", "output")
+        if npmap.wants_stream(path, data.params.get("stream", "auto")) and _stored(archive, x_keys.values(),
+                                                                               data.params.get("stream")):
+            return _npz_mapped(data, model, path, archive, x_keys, y_keys)
         x = {name: _array(archive, path, key) for name, key in x_keys.items()}
         ys, tasks, classes = {}, {}, {}
         for output, key in y_keys.items():
@@ -217,6 +220,39 @@ def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
                 classes[output] = names
     return Table(x, ys, tasks, classes, path, x_from={n: f"array {k!r}" for n, k in x_keys.items()},
                  y_from=dict(y_keys), file=path)
+
+
+def _stored(archive, keys, choice) -> bool:
+    """Every input array stored uncompressed (mappable); `stream: true` on a compressed one is an error."""
+    for key in keys:
+        name = key if key in archive.zip.namelist() else f"{key}.npy"
+        if archive.zip.getinfo(name).compress_type != zipfile.ZIP_STORED:
+            if choice is True:
+                npmap.map_member(archive.zip.filename, key)        # raises with the hint
+            return False
+    return True
+
+
+def _npz_mapped(data: DataSpec, model: ModelSpec, path: str, archive, x_keys, y_keys) -> Table:
+    """Inputs left on disk (memory-mapped), targets loaded: the table holds example indices."""
+    arrays = {name: npmap.map_member(path, key) for name, key in x_keys.items()}
+    dtypes = []
+    for spec in model.inputs:
+        dtype = spec.dtype if spec.dtype in ("float16", "float32", "float64", "int32", "int64", "uint8") else "float32"
+        if arrays[spec.name].dtype.kind not in "biuf":
+            raise file_error(path, f"array {x_keys[spec.name]!r} is not numeric")
+        dtypes.append(dtype)
+    reader = npmap.ArrayReader(path, tuple(x_keys.items()), tuple(a.shape[1:] for a in arrays.values()),
+                               tuple(dtypes))
+    ys, tasks, classes = {}, {}, {}
+    for output, key in y_keys.items():
+        ys[output], tasks[output], names = _target(data, output, _array(archive, path, key), path, f"array {key!r}")
+        if names:
+            classes[output] = names
+    n = len(next(iter(arrays.values())))
+    return Table({"index": np.arange(n)}, ys, tasks, classes, path,
+                 x_from={n_: f"array {k!r}" for n_, k in x_keys.items()}, y_from=dict(y_keys), file=path,
+                 reader=reader)
 
 
 def _keys(data, path, present, given, names, default, what) -> dict[str, str]:

@@ -74,6 +74,9 @@ class Stream:
     def sample(self, n: int) -> Arrays:
         """The first `n` examples, decoded, as Arrays."""
         k = min(n, len(self))
+        if getattr(self.reader, "batched", False):
+            return Arrays(self.reader.read_many(self.files[:k]), {o: v[:k] for o, v in self.y.items()},
+                          self.origin[:k] if self.origin is not None else None)
         x = {name: np.stack([self.reader.read(str(p)) for p in files[:k]]) if k else np.zeros((0,))
              for name, files in self.refs.x.items()}
         return Arrays(x, {o: v[:k] for o, v in self.y.items()},
@@ -83,6 +86,8 @@ class Stream:
         """Batched (x, y) (or x) pipeline: shuffle the file list, decode in parallel, cache as planned, prefetch."""
         import tensorflow as tf
 
+        if getattr(self.reader, "batched", False):
+            return register(self._batched(batch_size, shuffle, seed, targets, cache), self)
         names = list(self.refs.x)
         files = tuple(self.refs.x[n].astype(str) for n in names)
         y = _structure(self.y) if targets and self.y else None
@@ -113,6 +118,22 @@ class Stream:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return register(ds.with_options(options), self)
+
+    def _batched(self, batch_size: int, shuffle: bool, seed: int, targets: bool, cache: bool):
+        """Readers of whole batches (memory-mapped arrays): shuffle indices, batch them, gather the rows."""
+        import tensorflow as tf
+
+        index = self.files.astype(np.int64)
+        y = _structure(self.y) if targets and self.y else None
+        ds = tf.data.Dataset.from_tensor_slices((index, y) if y is not None else index)
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        reader = self.reader
+        ds = ds.batch(batch_size).map((lambda i, t: (reader.batch(i), t)) if y is not None else reader.batch,
+                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
     def cache_file(self) -> str:
         return os.path.join(str(self.cache.directory), f"kspec-cache-{self.cache.key}-{self.split}")

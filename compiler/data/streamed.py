@@ -19,6 +19,8 @@ from .table import Table
 
 def check_streamed(table: Table, data: DataSpec, model: ModelSpec) -> Table:
     """The model input must take what the reader yields (height, width, channels)."""
+    if getattr(table.reader, "batched", False):
+        return _check_arrays(table, data, model)
     spec = model.inputs[0]
     reader = table.reader
     have = (*reader.size, reader.channels)
@@ -35,11 +37,35 @@ def check_streamed(table: Table, data: DataSpec, model: ModelSpec) -> Table:
     return table
 
 
+def _check_arrays(table: Table, data: DataSpec, model: ModelSpec) -> Table:
+    """Memory-mapped inputs: each input's per-example shape as declared, as many examples as targets."""
+    reader = table.reader
+    n = len(next(iter(table.x.values())))
+    for (name, key), shape, mm in zip(reader.keys, reader.shapes, reader.arrays().values()):
+        spec = next(i for i in model.inputs if i.name == name)
+        want = tuple(spec.shape)
+        if len(want) != len(shape) or any(w is not None and w != h for w, h in zip(want, shape)):
+            raise DataError(Diagnostic(f"input {name!r} expects shape {shape_text(want)} per example but array "
+                                       f"{key!r} of {os.path.basename(str(table.file))} has shape {shape_text(shape)}",
+                                       spec.loc or data.loc, f"model.inputs.{name}"))
+        if len(mm) != n:
+            raise DataError(Diagnostic(f"array {key!r} has {len(mm)} examples but the targets have {n}",
+                                       data.loc, "data.source"))
+    if data.reshape:
+        raise DataError(Diagnostic("`reshape` applies to arrays read into memory, not memory-mapped ones",
+                                   data.loc, "data.reshape", hint="save the arrays in their final shape"))
+    return table
+
+
 def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Splits:
     files = next(iter(table.x.values()))
     key = {"source": dict(data.params), "reader": repr(table.reader), "seed": seed, "classes": data.classes,
-           "validation": data.validation, "test": data.test, "files": _fingerprint(files)}
+           "validation": data.validation, "test": data.test,
+           "files": _fingerprint([table.file] if getattr(table.reader, "batched", False) else files)}
     plan = plan_cache(data.cache, len(files), table.reader.bytes_per_example(), key)
+    if getattr(table.reader, "batched", False):        # memory-mapped: the page cache is the cache
+        plan = replace(plan, mode="none", note=f"data: memory-mapping {len(files):,} examples of "
+                                               f"{os.path.basename(str(table.file))}, read batch by batch")
     parts = {name: Stream(part, table.reader, plan, name) if part is not None else None
              for name, part in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
     notes = [plan.note]
