@@ -114,6 +114,19 @@ def _data(layer_names: list[str]) -> dict:
                  size={"description": "[height, width] the images are resized to.", "type": "array",
                        "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
                  color_mode={"enum": ["rgb", "grayscale", "rgba"]}),
+        _one_key("tfrecord", {"type": "string", "description": "A TFRecord file or a glob of shards (relative to "
+                                                               "the spec)."},
+                 "tf.train.Example records, streamed: `{tfrecord: shards/*.tfrecord, features: {...}, x: F, y: F}`.",
+                 features={"description": "The feature description: name -> {dtype: float32|int64|string, "
+                                          "shape: [...]}.", "type": "object",
+                           "additionalProperties": _obj({"dtype": {"enum": ["float32", "int64", "string"]},
+                                                         "shape": {"type": "array",
+                                                                   "items": {"type": "integer", "minimum": 1}}})},
+                 x={"description": "The input feature, or input name -> feature.",
+                    "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
+                 y={"description": "The target feature, or output name -> feature.",
+                    "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
+                 task=_TASK),
         {"type": "object", "description": "A classic toy problem: `{synthetic: parity, bits: 8}`; "
                                           "other keys are the problem's parameters.",
          "properties": {"synthetic": {"enum": ["line", "sort", "parity", "daily", "moons", "blobs", "xor"]}},

@@ -462,3 +462,59 @@ def test_npz_inputs_memory_mapped_and_read_batch_by_batch(tmp_path):
     np.savez_compressed(tmp_path / "small.npz", x=x, y=y)
     message = error(DataSpec("npz", {"path": str(tmp_path / "small.npz"), "stream": True}), m)
     assert "compressed" in message and "np.savez" in message
+
+
+def _example(features: dict):
+    import tensorflow as tf
+
+    def one(v):
+        if isinstance(v, bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
+        if isinstance(v, float) or (isinstance(v, list) and isinstance(v[0], float)):
+            return tf.train.Feature(float_list=tf.train.FloatList(value=v if isinstance(v, list) else [v]))
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=v if isinstance(v, list) else [v]))
+    return tf.train.Example(features=tf.train.Features(feature={k: one(v) for k, v in features.items()}))
+
+
+def test_tfrecord_shards_stream_numbers_and_encoded_images(tmp_path):
+    import io
+
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for shard in range(3):
+        with tf.io.TFRecordWriter(str(tmp_path / f"part-{shard}.tfrecord")) as w:
+            for i in range(40):
+                label = int(rng.integers(0, 3))
+                buf = io.BytesIO()
+                Image.fromarray(np.full((6, 6, 3), 60 * label, np.uint8)).save(buf, "PNG")
+                w.write(_example({"v": [float(label), 1.0], "png": buf.getvalue(),
+                                  "kind": ["a", "b", "c"][label].encode()}).SerializeToString())
+    pattern = str(tmp_path / "part-*.tfrecord")
+    features = {"v": {"dtype": "float32", "shape": [2]}, "png": {"dtype": "string"}, "kind": {"dtype": "string"}}
+    s = load_splits(DataSpec("tfrecord", {"path": pattern, "features": features, "x": "v", "y": "kind"},
+                             validation=0.25), flat(2), 0)
+    assert s.class_names["y"] == ["a", "b", "c"] and len(s.train) + len(s.validation) == 120
+    assert "3 TFRecord file(s)" in s.notes[0]
+    n = 0
+    for x, y in make_dataset(s.train, 16, shuffle=True, seed=0):
+        np.testing.assert_array_equal(x.numpy()[:, 0], y.numpy())        # the label travels with its record
+        n += len(y)
+    assert n == len(s.train)
+    s = load_splits(DataSpec("tfrecord", {"path": pattern, "features": features, "x": "png", "y": "kind"}),
+                    model((6, 6, 3)), 0)
+    x, y = next(iter(make_dataset(s.train, 8, shuffle=False, seed=0)))
+    assert x.dtype.name == "uint8" and tuple(x.shape) == (8, 6, 6, 3)
+    np.testing.assert_array_equal(x.numpy()[:, 0, 0, 0], 60 * y.numpy())
+    with tf.io.TFRecordWriter(str(tmp_path / "part-9.tfrecord")) as w:
+        w.write(_example({"v": [1.0, 1.0], "kind": b"a"}).SerializeToString())    # no "png"
+    from compiler.data.stream import explain_failure
+
+    s = load_splits(DataSpec("tfrecord", {"path": pattern, "features": features, "x": "png", "y": "kind"}),
+                    model((6, 6, 3)), 0)
+    ds = make_dataset(s.train, 200, shuffle=False, seed=0)
+    with pytest.raises(tf.errors.OpError):
+        list(ds)
+    with pytest.raises(DataError) as e:
+        explain_failure(ds)
+    assert f"{tmp_path / 'part-9.tfrecord'}: error: record 0" in str(e.value) and "png" in str(e.value)

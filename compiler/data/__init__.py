@@ -37,6 +37,10 @@ def load_splits(data: DataSpec, model: ModelSpec, seed: int) -> Splits:
     check_steps(data)
     if wants_stream(data):                      # a CSV file bigger than memory
         return stream_csv(data, model, seed)
+    if data.source == "tfrecord":
+        from .tfrecord import stream_tfrecord
+
+        return stream_tfrecord(data, model, seed)
     table = keep_classes(load_table(data, model, seed), data)
     if table.reader is not None:
         return stream_splits(split_table(encode_targets(check_streamed(table, data, model), data), data, seed),

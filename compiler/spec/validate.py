@@ -25,7 +25,8 @@ from .tree import Map, Seq, format_path, locate, plain
 from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec
 
 SIBLINGS = ("name", "inputs", "share", "call")
-SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name"}
+SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name",
+           "tfrecord": "path"}
 PATH_PARAMS = ("path",)
 
 
