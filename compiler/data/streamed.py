@@ -62,6 +62,10 @@ def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Sp
     key = {"source": dict(data.params), "reader": repr(table.reader), "seed": seed, "classes": data.classes,
            "validation": data.validation, "test": data.test,
            "files": _fingerprint([table.file] if getattr(table.reader, "batched", False) else files)}
+    if isinstance(data.cache, dict) and not os.path.isdir(str(data.cache.get("disk"))):
+        raise DataError(Diagnostic(f"data.cache: disk folder {data.cache.get('disk')} does not exist",
+                                   data.loc, "data.cache", hint="create the folder (kspec writes only "
+                                                                "kspec-cache-* files in it)"))
     plan = plan_cache(data.cache, len(files), table.reader.bytes_per_example(), key)
     if getattr(table.reader, "batched", False):        # memory-mapped: the page cache is the cache
         plan = replace(plan, mode="none", note=f"data: memory-mapping {len(files):,} examples of "
