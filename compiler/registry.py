@@ -111,8 +111,9 @@ def _string_aliases(kind: str, module) -> dict[str, Any]:
     get = getattr(module, "get", None)
     if get is None:
         return {}
-    internal = importlib.import_module(module.__name__.replace("keras.", "keras.src.", 1))
-    candidates = getattr(internal, "ALL_OBJECTS_DICT", {})
+    from .keras_compat import string_aliases
+
+    candidates = string_aliases(module)
     aliases = {}
     for name in candidates:
         if name.islower() and not name.startswith("_") and name not in _EXCLUDED.get(kind, set()):

@@ -300,7 +300,7 @@ PROBE = textwrap.dedent("""\
     import tensorflow as tf
     import keras
     if patch:
-        from compiler.distribute import keras_patch
+        from compiler.keras_compat import multi_worker_fix as keras_patch
         keras_patch.apply()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     x = np.random.RandomState(0).randn(128, 4).astype("float32")
@@ -342,7 +342,7 @@ def _probe_pair(tmp_path: Path, mode: str) -> list[subprocess.CompletedProcess]:
 @slow
 def test_keras_patch_is_needed_and_sufficient(tmp_path):
     """Keras 3.15.1 + TF 2.21: `fit` under a two-worker MultiWorkerMirroredStrategy fails on every worker
-    (keras#20585); compiler/distribute/keras_patch.py makes it train. If this test's first half fails,
+    (keras#20585); compiler/keras_compat/multi_worker_fix.py makes it train. If this test's first half fails,
     Keras has fixed the bug and the patch can go."""
     unpatched = _probe_pair(tmp_path, "plain")
     assert all(r.returncode != 0 for r in unpatched), [r.stdout for r in unpatched]

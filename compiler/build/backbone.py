@@ -47,10 +47,10 @@ from typing import Any, Mapping
 import keras
 
 from .. import registry
+from ..keras_compat import model_nodes, producer
 from ..errors import Diagnostic, SpecError
 from ..registry import UnknownComponent
-from ..spec.extends import relative_to
-from ..spec.types import NodeSpec
+from ..spec.types import NodeSpec, relative_to
 from ..suggest import did_you_mean, suggest
 from .errors import keras_message, shape_text
 
@@ -164,9 +164,9 @@ class _DownloadFailed(Exception):
 @contextmanager
 def _watch_downloads():
     """Record where `keras.utils.get_file` (as the applications call it) wants a file, when it fails."""
-    from keras.src.backend import config
-    from keras.src.utils import file_utils
+    from ..keras_compat import file_utils, keras_home
 
+    file_utils = file_utils()
     real = file_utils.get_file
     sig = inspect.signature(real)
 
@@ -175,7 +175,7 @@ def _watch_downloads():
         bound.apply_defaults()
         p = bound.arguments
         fname = p["fname"] or os.path.basename(p["origin"] or "")
-        base = os.path.expanduser(p["cache_dir"] or config.keras_home())
+        base = os.path.expanduser(p["cache_dir"] or keras_home())
         if not os.access(base, os.W_OK):            # as get_file does
             base = os.path.join("/tmp", ".keras")
         directory = os.path.join(base, p["cache_subdir"])
@@ -361,8 +361,8 @@ def _load(node: NodeSpec, args: dict) -> keras.Model:
 # -- cut, pooling, preprocess, trainable ----------------------------------------------------------
 
 def _producer(tensor) -> str:
-    history = getattr(tensor, "_keras_history", None)
-    return history[0].name if history else "?"
+    made_by = producer(tensor)
+    return made_by[0].name if made_by else "?"
 
 
 def _cut(node: NodeSpec, base: keras.Model, layer_name: str) -> keras.Model:
@@ -379,7 +379,7 @@ def _cut(node: NodeSpec, base: keras.Model, layer_name: str) -> keras.Model:
     layer = base.get_layer(layer_name)
     # The layer's output in *this* graph: `layer.output` is its first call anywhere, which for a nested
     # model (a kspec run's `backbone`) is the output of its own inner graph, not connected to base.inputs.
-    nodes = [n for depth in getattr(base, "_nodes_by_depth", {}).values() for n in depth if n.operation is layer]
+    nodes = [n for n in model_nodes(base) or [] if n.operation is layer]
     if len(nodes) > 1:
         raise _error(node, f"Backbone '{node.name}': cannot cut {base.name} at '{layer_name}': that layer is "
                            f"applied {len(nodes)} times in it (a shared layer)", key="cut_at")

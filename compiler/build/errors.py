@@ -147,9 +147,9 @@ def call_error(node: NodeSpec, layer: Any, exc: BaseException,
 
 
 def _is_merge(layer: Any) -> bool:
-    from keras.src.layers.merging.base_merge import Merge
+    from ..keras_compat import merge_base_class
 
-    return isinstance(layer, Merge)
+    return isinstance(layer, merge_base_class())
 
 
 def _takes_one_input(layer: Any) -> bool:

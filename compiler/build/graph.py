@@ -184,9 +184,9 @@ def _call(layer, args: list):
 def _takes_list(cls: type) -> bool:
     """True if the layer takes several tensors as one list (`Add()([a, b])`),
     False if as positional arguments (`MultiHeadAttention()(query, value)`)."""
-    from keras.src.layers.merging.base_merge import Merge
+    from ..keras_compat import merge_base_class
 
-    if issubclass(cls, Merge):
+    if issubclass(cls, merge_base_class()):
         return True
     try:
         params = list(inspect.signature(cls.call).parameters.values())[1:]   # drop self

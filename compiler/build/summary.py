@@ -13,6 +13,8 @@ from pathlib import Path
 
 import keras
 
+from ..keras_compat import check_graphviz, inbound_nodes, model_nodes, producer
+
 SUMMARY_WIDTH = 110
 
 
@@ -68,14 +70,7 @@ def write_diagram(model: keras.Model, out_dir: Path) -> Path:
 
 
 def _graphviz_available() -> bool:
-    try:
-        from keras.src.utils.model_visualization import check_graphviz
-    except ImportError:
-        return False
-    try:
-        return bool(check_graphviz())
-    except Exception:
-        return False
+    return check_graphviz()
 
 
 def text_diagram(model: keras.Model) -> str:
@@ -84,7 +79,7 @@ def text_diagram(model: keras.Model) -> str:
     relevant = _model_nodes(model)
 
     def calls_of(layer):
-        nodes = getattr(layer, "_inbound_nodes", [])
+        nodes = inbound_nodes(layer)
         return [i for i, n in enumerate(nodes) if relevant is None or id(n) in relevant]
 
     def label(layer, index: int | None) -> str:
@@ -93,13 +88,13 @@ def text_diagram(model: keras.Model) -> str:
     rows: list[tuple[str, str, str, str]] = []
     for layer in model.layers:
         for index in calls_of(layer) or [None]:
-            node = layer._inbound_nodes[index] if index is not None else None
+            node = inbound_nodes(layer)[index] if index is not None else None
             sources = []
             if node is not None:
                 for tensor in node.input_tensors:
-                    history = getattr(tensor, "_keras_history", None)
-                    if history is not None:
-                        sources.append(label(history.operation, history.node_index))
+                    made_by = producer(tensor)
+                    if made_by is not None:
+                        sources.append(label(*made_by))
             rows.append((label(layer, index), type(layer).__name__, ", ".join(sources), _output_shape(layer, node)))
     width_name = max((len(r[0]) for r in rows), default=4)
     width_cls = max((len(r[1]) + 2 for r in rows), default=4)
@@ -112,10 +107,8 @@ def text_diagram(model: keras.Model) -> str:
 
 
 def _model_nodes(model) -> set[int] | None:
-    try:
-        return {id(n) for nodes in model._nodes_by_depth.values() for n in nodes}
-    except AttributeError:
-        return None
+    nodes = model_nodes(model)
+    return None if nodes is None else {id(n) for n in nodes}
 
 
 def _output_shape(layer, node) -> str:

@@ -69,8 +69,10 @@ def layers_to_check(model, all_layers: bool = False) -> list:
     """The plugin/kspec layers of `model` (at any depth), or every layer with trainable weights."""
     import keras
 
+    from ..keras_compat import all_layers as every_layer
+
     chosen, plugins = [], plugin_classes()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in every_layer(model):
         if isinstance(layer, keras.Model):
             continue
         if type(layer) in plugins or (all_layers and layer.trainable_weights):

@@ -203,4 +203,6 @@ def _hints(model, spec: Spec, lr: float | None, final: float, initial: float) ->
 
 
 def _layers(model):
-    return [l for l in model._flatten_layers(include_self=False, recursive=True)]
+    from ..keras_compat import all_layers
+
+    return all_layers(model)

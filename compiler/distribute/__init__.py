@@ -3,8 +3,10 @@
     cluster.py      TF_CONFIG from `--cluster HOST:PORT,... --worker-index I`; who is the chief; free ports
     strategy.py     train.distribute -> a tf.distribute strategy; GPU memory growth; mixed precision `auto`;
                     synchronized BatchNormalization
-    keras_patch.py  a targeted fix of Keras 3.15's `fit` under MultiWorkerMirroredStrategy (keras#20585)
     launch.py       `kspec train SPEC --workers N`: N local worker processes on loopback
+
+The keras#20585 fix of `fit` under MultiWorkerMirroredStrategy lives with the other uses of
+private Keras API, in compiler/keras_compat/multi_worker_fix.py.
 
 The trainer (compiler/train/run.py) asks `strategy.plan` whether this process is the
 chief (only the chief writes the run directory; the other workers write the same

@@ -114,7 +114,7 @@ def start(plan: Plan, train) -> Distribution:
     if mode == "auto":
         mode = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
     if mode == "multi_worker":
-        from . import keras_patch
+        from ..keras_compat import multi_worker_fix as keras_patch
 
         keras_patch.apply()
         global _multi_worker_strategy

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from functools import lru_cache
 from typing import Callable
 
@@ -32,7 +31,9 @@ def preprocess_function(application: str) -> Callable:
     module = getattr(keras.applications, short, None)           # the public keras.applications.mobilenet_v2
     function = getattr(module, "preprocess_input", None)
     if function is None:
-        function = getattr(importlib.import_module(module_name), "preprocess_input", None)
+        from ..keras_compat import application_module
+
+        function = getattr(application_module(apps[application]), "preprocess_input", None)
     if function is None:
         raise ValueError(f"AppPreprocess: the application {application!r} has no preprocess_input "
                          f"(looked in {module_name})")

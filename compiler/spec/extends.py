@@ -13,14 +13,9 @@ from pathlib import Path
 from ..errors import Diagnostic, Loc, SpecError
 from .load import load_file
 from .tree import Map, Seq, copy
+from .types import relative_to
 
 MAX_EXTENDS_DEPTH = 20
-
-
-def relative_to(loc: Loc | None, value: str) -> Path:
-    """A path written in a spec, made relative to the folder of the file it was written in."""
-    base = Path(loc.file).parent if loc and loc.line else Path(".")
-    return base / value
 
 
 def load_with_extends(path: str | Path, chain: tuple[str, ...] = (), at: Loc | None = None) -> Map:

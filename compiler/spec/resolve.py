@@ -13,10 +13,11 @@ from typing import Callable
 from ..errors import Collector, Diagnostic, Loc, SpecError
 from . import schemas
 from .expand import REQUIRED, Block, Expander, Scope
-from .extends import load_with_extends, relative_to
+from .extends import load_with_extends
 from .load import load_file
 from .overrides import apply_overrides
 from .tree import Map, Seq
+from .types import relative_to
 
 CURRENT_VERSION = 1
 

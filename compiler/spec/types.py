@@ -9,9 +9,16 @@ so a Keras error at build or train time still points at the spec.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import Loc
+
+
+def relative_to(loc: Loc | None, value: str) -> Path:
+    """A path written in a spec, made relative to the folder of the file it was written in."""
+    base = Path(loc.file).parent if loc and loc.line else Path(".")
+    return base / value
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,10 @@ from typing import Any
 from ..errors import Collector
 from ..suggest import did_you_mean
 from . import schemas
-from .extends import relative_to
 from .resolve import resolve
 from .schema_errors import to_diagnostics
 from .tree import Map, Seq, format_path, locate, plain
-from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec
+from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec, relative_to
 
 SIBLINGS = ("name", "inputs", "share", "call")
 SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name",

@@ -253,11 +253,11 @@ def direction(model, monitor: str) -> str:
 
 
 def _all_metrics(model) -> list:
-    from keras.src.trainers import compile_utils
+    from ..keras_compat import metric_containers
 
     out = []
     for metric in getattr(model, "metrics", []) or []:
-        if isinstance(metric, (compile_utils.CompileMetrics, compile_utils.MetricsList)):
+        if isinstance(metric, metric_containers()):
             out.extend(metric.metrics)
         else:
             out.append(metric)

@@ -40,10 +40,9 @@ def load_run(path: str | os.PathLike, with_model: bool = True) -> LoadedRun:
             hint = ("the run did not finish; continue it with `kspec train SPEC --run-dir "
                     f"{run.path} --resume`" if required == run.model and run.last.exists() else "")
             raise RunDirError(Diagnostic(f"{run.path} holds no {what}; is it a kspec run directory?", hint=hint))
-    from ..spec.resolve import resolve
-    from ..spec.validate import validate
+    from ..spec.validate import load_spec
 
-    spec = validate(resolve(str(run.spec)), str(run.spec))
+    spec = load_spec(run.spec)
     _load_plugins(spec)
     model = _load_model(run.model) if with_model else None
     return LoadedRun(run, spec, model, read_json(run.data) or {})
