@@ -53,6 +53,9 @@ def problem(path: str) -> str | None:
         return exc.diagnostics[0].message
     if info.st_size == 0:
         return "image file is empty (0 bytes)"
+    quick = _quick_check(path, info.st_size)
+    if quick is not False:
+        return quick
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -82,6 +85,47 @@ def problem(path: str) -> str | None:
         return "JPEG file is truncated (no end-of-image marker)"
     if fmt == "PNG" and b"IEND" not in tail:
         return "PNG file is truncated (no IEND chunk)"
+    return None
+
+
+def _quick_check(path: str, size: int):
+    """The common cases without Pillow (170 us a file): a PNG's IHDR or a baseline/progressive JPEG's
+    SOF marker within its first 64 kB, and its end marker. None: fine; a text: the problem; False:
+    not decided here (Pillow decides)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            head = fh.read(65536)
+            fh.seek(max(0, size - 64))
+            tail = fh.read()
+    except OSError:
+        return False
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        end = b"IEND" in tail
+    elif head[:3] == b"\xff\xd8\xff":
+        dims, i = None, 2
+        while i + 9 < len(head) and head[i] == 0xFF:
+            marker, length = head[i + 1], int.from_bytes(head[i + 2:i + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2):
+                dims = int.from_bytes(head[i + 7:i + 9], "big"), int.from_bytes(head[i + 5:i + 7], "big")
+                break
+            if length < 2:
+                return False
+            i += 2 + length
+        if dims is None:
+            return False
+        (width, height), end = dims, b"\xff\xd9" in tail
+    else:
+        return False
+    if width == 0 or height == 0:
+        return False
+    if width * height > MAX_PIXELS:
+        return (f"image is {width} x {height} pixels ({width * height:,}), more than the "
+                f"{MAX_PIXELS:,} kspec decodes (a decompression bomb, or a photo to shrink first)")
+    if not end:
+        return ("PNG file is truncated (no IEND chunk)" if head[:4] == b"\x89PNG"
+                else "JPEG file is truncated (no end-of-image marker)")
     return None
 
 
