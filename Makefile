@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-LOCK   := constraints.txt        # the exact versions the suite passed with (`make lock` rewrites it)
-EXTRAS := test,onnx
+# The exact versions the suite passed with (`make lock` rewrites it).
+LOCK   := constraints.txt
+EXTRAS := test,onnx,serve
 
 .PHONY: demo test test-fast test-latest lock fuzz schemas bench clean
 
@@ -53,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/image_folder.py
 	$(BIN)/python bench/csv_stream.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock runs *.egg-info

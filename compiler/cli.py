@@ -26,15 +26,27 @@ def _spec_args(p: argparse.ArgumentParser, many: bool = False) -> None:
                    help="import a Python module of registered Keras layers that the spec may use")
 
 
-def cmd_validate(args) -> int:
-    from .errors import SpecError
+def _load_spec(args, path: str | None = None):
+    """The `--plugin` modules (once), then the spec at `path` (default `args.spec`) with `--set` applied:
+    what every command taking a spec starts with. A bad spec fails here, before TensorFlow loads."""
     from .spec.validate import load_spec
 
-    _load_plugins(args.plugin)
+    if not getattr(args, "_plugins_loaded", False):
+        _load_plugins(args.plugin)                # plugin layer names must be known to the resolver
+        args._plugins_loaded = True
+    from .registry import require_declared_plugins
+
+    require_declared_plugins(args.spec if path is None else path)   # `plugins:` declares; only --plugin loads
+    return load_spec(args.spec if path is None else path, args.overrides)
+
+
+def cmd_validate(args) -> int:
+    from .errors import SpecError
+
     failures = []
     for path in args.spec:
         try:
-            load_spec(path, args.overrides)
+            _load_spec(args, path)
             print(f"{path}: ok")
         except SpecError as exc:
             failures.extend(exc.diagnostics)
@@ -47,10 +59,8 @@ def cmd_resolve(args) -> int:
     import yaml
 
     from .spec.tree import plain
-    from .spec.validate import load_spec
 
-    _load_plugins(args.plugin)
-    spec = load_spec(args.spec, args.overrides)
+    spec = _load_spec(args)
     sys.stdout.write(yaml.safe_dump(plain(spec.tree), sort_keys=False, default_flow_style=None))
     return 0
 
@@ -78,18 +88,18 @@ def _load_plugins(names) -> None:
 
 
 def cmd_build(args) -> int:
-    from .spec.validate import load_spec
-
-    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)
     import_tensorflow()
+    import keras
+
     from .build import build_model, compile_model, describe
 
+    keras.utils.set_random_seed(spec.seed)        # seeded like `kspec train`: two builds, the same weights
     model = build_model(spec.model, spec.name)
     if spec.train is not None:
         compile_model(model, spec.train, spec.model)
     out_dir = Path(args.output).parent if args.output else None
-    print(describe(model, out_dir))
+    print(describe(model, out_dir, Path(args.output).stem if args.output else "model"))
     if args.output:
         from .train.rundir import atomic_save_model
 
@@ -99,17 +109,12 @@ def cmd_build(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .spec.validate import load_spec
-
-    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)
     workers = args.workers
     several = (workers is not None and workers > 1) or args.cluster is not None or args.worker_index is not None
-    if several and spec.train is not None and spec.train.ensemble > 1:
-        from .distribute.cluster import ClusterError
+    from .train.ensemble import check_single_process
 
-        raise ClusterError("train.ensemble trains its members one after another in one process; it cannot "
-                           "be combined with --workers or --cluster")
+    check_single_process(spec, several)           # the trainer runs the same check (TF_CONFIG): exit 2 both
     if workers is not None and workers > 1:
         if args.cluster is not None or args.worker_index is not None:
             from .distribute.cluster import ClusterError
@@ -157,10 +162,7 @@ def _worker_args(args) -> list[str]:
 
 
 def cmd_check(args) -> int:
-    from .spec.validate import load_spec
-
-    _load_plugins(args.plugin)                    # plugin layer names must be known to the resolver
-    spec = load_spec(args.spec, args.overrides)   # a bad spec fails before TensorFlow loads
+    spec = _load_spec(args)
     import_tensorflow()
     overfit = args.overfit
     if overfit is None and not args.gradients:
@@ -233,6 +235,39 @@ def cmd_export(args) -> int:
 
     export_run(args.run, args.format, args.output)
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve.main import Options, serve
+
+    _load_plugins(args.plugin)        # only --plugin modules: never the `plugins:` of the run's spec.yaml
+    return serve(Options(args.run, args.host, args.port, args.model_name, args.max_batch_size, args.max_latency_ms,
+                         args.max_queue, args.max_body_bytes, args.max_image_pixels, args.trust))
+
+
+def _serve_args(s: argparse.ArgumentParser) -> None:
+    from .serve import defaults as d
+
+    s.add_argument("run", help="run directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=d.PORT,
+                   help=f"port ({d.PORT}, TF Serving's REST port; 0 picks a free one)")
+    s.add_argument("--model-name", metavar="NAME",
+                   help="the model's name in /v1/models/NAME (default: the spec's name)")
+    s.add_argument("--max-batch-size", type=int, default=d.MAX_BATCH_SIZE, metavar="N",
+                   help=f"gather concurrent requests into batches of up to N examples ({d.MAX_BATCH_SIZE})")
+    s.add_argument("--max-latency-ms", type=float, default=d.MAX_LATENCY_MS, metavar="MS",
+                   help=f"how long a request may wait for others to join its batch ({d.MAX_LATENCY_MS:g})")
+    s.add_argument("--max-queue", type=int, default=d.MAX_QUEUE, metavar="N",
+                   help=f"requests waiting for the model before the server answers 503 busy ({d.MAX_QUEUE})")
+    s.add_argument("--max-body-bytes", type=int, default=d.MAX_BODY_BYTES, metavar="N",
+                   help=f"larger request bodies get 413 ({d.MAX_BODY_BYTES})")
+    s.add_argument("--max-image-pixels", type=int, default=d.MAX_IMAGE_PIXELS, metavar="N",
+                   help=f"larger images (width x height) are refused before decoding ({d.MAX_IMAGE_PIXELS})")
+    s.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module of layers the model uses (the run's own `plugins:` are never imported)")
+    s.add_argument("--trust", action="store_true",
+                   help="load the model with Keras safe_mode off (runs code stored in it: only for runs you made)")
 
 
 def cmd_templates(args) -> int:
@@ -324,6 +359,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--format", required=True, choices=("keras", "saved_model", "tflite", "onnx"))
     s.add_argument("-o", "--output", required=True, metavar="PATH")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="serve a run over HTTP: TF Serving's REST API, /predict, and a page to try it")
+    _serve_args(s)
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("templates", help="list the reusable templates in specs/ (blocks, heads, backbones, recipes, starters)")
     s.add_argument("--kind", choices=("blocks", "heads", "backbones", "recipes", "starters"),

@@ -1,8 +1,10 @@
 """Errors the user sees, each tied to a place in their files.
 
-Every user-facing failure is one of three exceptions; the CLI turns them into
-`FILE:LINE:COL: error: MESSAGE (at spec.path)` lines and an exit status.
-Nothing else should reach the user as a traceback.
+Every user-facing failure is a `KspecError`: one of the three defined here
+(`SpecError`, `DataError`: exit 2; `TrainingError`: exit 1) or a subclass a
+stage defines for its own failures (a cluster, an export, a run directory...).
+The CLI turns them into `FILE:LINE:COL: error: MESSAGE (at spec.path)` lines and
+the exception's `exit_code`. Nothing else should reach the user as a traceback.
 """
 
 from __future__ import annotations

@@ -64,6 +64,8 @@ _ARG_KINDS = {"activation": "activations", "recurrent_activation": "activations"
               "learning_rate": "schedules"}
 
 _plugins: dict[str, type] = {}   # layer classes from kspec's own layers and --plugin modules
+_plugin_components: dict[str, dict[str, Any]] = {"losses": {}, "metrics": {}}   # losses, metrics of --plugin modules
+_loaded: list[str] = []          # the --plugin modules imported, in order
 
 
 def arg_kind(arg: str) -> str | None:
@@ -103,6 +105,7 @@ def _table(kind: str) -> dict[str, Any]:
     if kind == "layers":
         _load_own_layers()
         table.update(_plugins)
+    table.update(_plugin_components.get(kind, {}))
     return table
 
 
@@ -131,20 +134,79 @@ def _load_own_layers() -> None:
 
 
 def load_plugin(module_name: str) -> list[str]:
-    """Import a user's module (`--plugin`) and expose its Keras layer classes by name."""
+    """Import a user's module (`--plugin`) and expose, by name, its Keras layer classes, its loss and
+    metric classes, and its functions registered as Keras serializables (a loss or metric function)."""
     import keras
 
     module = importlib.import_module(module_name)
-    added = []
+    registered = set(keras.saving.get_custom_objects().values())
+    added: list[str] = []
+    components: dict[str, list[str]] = {"losses": [], "metrics": []}
     for name, obj in vars(module).items():
-        if inspect.isclass(obj) and issubclass(obj, keras.layers.Layer) and obj.__module__ == module.__name__:
+        if getattr(obj, "__module__", None) != module.__name__ or name.startswith("_"):
+            continue
+        if inspect.isclass(obj) and issubclass(obj, keras.layers.Layer):
             _plugins[name] = obj
             added.append(name)
+        elif inspect.isclass(obj) and issubclass(obj, keras.losses.Loss):
+            components["losses"].append(name)
+        elif inspect.isclass(obj) and issubclass(obj, keras.metrics.Metric):
+            components["metrics"].append(name)
+        elif inspect.isfunction(obj) and obj in registered:   # `@register_keras_serializable() def loss(...)`
+            components["losses"].append(name)
+            components["metrics"].append(name)
+    for kind, names in components.items():
+        _plugin_components[kind].update({n: getattr(module, n) for n in names})
+    if module_name not in _loaded:
+        _loaded.append(module_name)
     _table.cache_clear()
     from .spec import schemas
 
     schemas.add_plugin_layers(added)   # so the resolver and validator accept these names too
+    for kind, names in components.items():
+        schemas.add_plugin_components(kind, names)
+    _clear_validator()
     return added
+
+
+def _clear_validator() -> None:
+    """The validator compiled the schemas before this plugin's names were known: rebuild it on next use."""
+    import sys
+
+    validate = sys.modules.get("compiler.spec.validate")
+    if validate is not None:
+        validate._validator.cache_clear()
+
+
+def require_declared_plugins(path) -> None:
+    """A spec's `plugins:` only DECLARES modules (nothing read from a file may import code): each one must
+    have been loaded with `--plugin` on the command line, else a located error naming the flag to pass.
+
+    Checked on the spec file as written, before it is resolved, so this error comes first rather than
+    the unknown layer, loss and metric names the missing module would have defined."""
+    from .errors import Diagnostic, KspecError, SpecError
+    from .spec.load import load_file
+    from .spec.tree import Map, Seq
+
+    try:
+        tree = load_file(path)
+    except KspecError:
+        return                           # loading the spec reports it
+    declared = tree.get("plugins") if isinstance(tree, Map) else None
+    if not declared:
+        return
+    items = list(declared) if isinstance(declared, Seq) else [declared]
+    missing = [(i, str(name)) for i, name in enumerate(items) if str(name) not in _loaded]
+    if not missing:
+        return
+    flags = " ".join(f"--plugin {name}" for _, name in missing)
+
+    def where(i: int):
+        return declared.item_loc(i) if isinstance(declared, Seq) else tree.value_loc("plugins")
+
+    raise SpecError([Diagnostic(
+        f"the spec declares plugin module '{name}', which is not loaded: a spec cannot import code, so pass "
+        f"`{flags}` on the command line", where(i), f"plugins[{i}]") for i, name in missing])
 
 
 def singular(kind: str) -> str:

@@ -78,8 +78,16 @@ _TASK = {"description": "classification or regression (default: detected from th
 
 
 def _data(layer_names: list[str]) -> dict:
+    # the closed lists come from the modules that own them (tests/test_single_source.py)
+    from .data.preprocess import INPUT_STEPS, TARGET_STEPS
+    from .data.sources import SKLEARN
+    from .data.synthetic import GENERATORS
+
+    step_args = {"rescale": _obj({"scale": _num("Multiply by this."), "offset": _num("Then add this.")},
+                                 required=("scale",))}
+    bare_steps = [step for step in INPUT_STEPS + TARGET_STEPS if step not in step_args]
     source = {"description": "Where the data comes from (one of the forms below).", "oneOf": [
-        _one_key("sklearn", {"enum": ["iris", "digits", "wine", "breast_cancer", "diabetes"]},
+        _one_key("sklearn", {"enum": list(SKLEARN)},
                  "A data set scikit-learn ships: `{sklearn: digits}`."),
         _one_key("csv", {"type": "string", "description": "Path of the CSV file (relative to the spec)."},
                  "A CSV file with a header row: `{csv: data.csv, target: y}`.",
@@ -129,16 +137,14 @@ def _data(layer_names: list[str]) -> dict:
                  task=_TASK),
         {"type": "object", "description": "A classic toy problem: `{synthetic: parity, bits: 8}`; "
                                           "other keys are the problem's parameters.",
-         "properties": {"synthetic": {"enum": ["line", "sort", "parity", "daily", "moons", "blobs", "xor"]}},
+         "properties": {"synthetic": {"enum": list(GENERATORS)}},
          "required": ["synthetic"]},
     ]}
     empty = {"type": ["object", "null"], "properties": {}, "additionalProperties": False}
     preprocess_item = {"anyOf": [
-        {"enum": ["standardize", "log1p", "one_hot"]},
+        {"enum": bare_steps},
         {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-         "properties": {"standardize": empty, "log1p": empty, "one_hot": empty,
-                        "rescale": _obj({"scale": _num("Multiply by this."), "offset": _num("Then add this.")},
-                                        required=("scale",))}}]}
+         "properties": {**{step: empty for step in bare_steps}, **step_args}}]}
     augment_item = {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
                     "properties": {name: {"$ref": _LAYERS + name} for name in AUGMENT_LAYERS if name in layer_names}}
     return _obj({
@@ -173,11 +179,13 @@ def _data(layer_names: list[str]) -> dict:
 
 
 def _model() -> dict:
+    from .spec.types import InputSpec, default
+
     dtypes = ["float32", "float16", "bfloat16", "float64", "int32", "int64", "uint8", "string", "bool"]
     input_def = _obj({"shape": {"description": "Shape of one example (no batch dimension); null: any length.",
                                 "type": "array", "items": {"anyOf": [{"type": "integer", "minimum": 1},
                                                                      {"type": "null"}, _EXPR]}},
-                      "dtype": {"enum": dtypes, "default": "float32"}},
+                      "dtype": {"enum": dtypes, "default": default(InputSpec, "dtype")}},
                      required=("shape",), description="A model input: `{shape: [20], dtype: int32}`.")
     block = _obj({"params": {"type": "object", "description": "Parameter name -> default value ($name in the body)."},
                   "layers": {"$ref": "#/definitions/layer_list"},
@@ -195,18 +203,40 @@ def _model() -> dict:
     }, required=("inputs", "layers"), description="The model graph.")
 
 
+def _with_defaults(schema: dict) -> dict:
+    """`default` of every train key whose typed field (spec/types.py TrainSpec) has a plain default:
+    the schema states the defaults `validate` applies, from the same place."""
+    from dataclasses import fields
+
+    from .spec.types import TrainSpec, default
+
+    properties = schema["properties"]
+    for f in fields(TrainSpec):
+        if f.name in properties:
+            try:
+                value = default(TrainSpec, f.name)
+            except KeyError:
+                continue
+            if isinstance(value, (bool, int, float, str)):
+                properties[f.name] = {**properties[f.name], "default": value}
+    return schema
+
+
 def _train() -> dict:
+    from .distribute.strategy import MODES
+
     per_output = "; or output name -> {} for several outputs"
     phase = _obj({"name": _STR, "epochs": _int("Epochs of this phase."),
                   "trainable": {"description": "true/false for the whole model, or a regex of layer names to "
                                                "unfreeze.", "type": ["boolean", "string"]},
                   "optimizer": _OPTIMIZER, "learning_rate": _num("Learning rate for this phase.", minimum=0)},
                  required=("epochs",), description="A training phase: `{epochs: 5, trainable: false}`.")
-    return _obj({
+    return _with_defaults(_obj({
         "optimizer": {"description": "`adam`, or `{Adam: {learning_rate: 0.001, clipnorm: 5.0}}`.",
                       "allOf": [_OPTIMIZER]},
-        "loss": {"description": "A loss" + per_output.format("loss") + ".",
-                 "anyOf": [_LOSS, {"type": "object", "additionalProperties": _LOSS}]},
+        "loss": {"description": "A loss" + per_output.format("loss") + "; or a list, one per output in order.",
+                 "anyOf": [_LOSS, {"type": "object", "additionalProperties": _LOSS},
+                           {"type": "array", "items": _LOSS}]},
         "loss_weights": {"description": "Weights of the outputs' losses.",
                          "anyOf": [{"type": "object", "additionalProperties": {"type": "number"}},
                                    {"type": "array", "items": {"type": "number"}}]},
@@ -235,7 +265,7 @@ def _train() -> dict:
                                       "MultiWorkerMirroredStrategy when TF_CONFIG names 2+ workers; `none`; "
                                       "`mirrored`; `multi_worker` (cluster from TF_CONFIG or --cluster). "
                                       "batch_size is the global batch, split across replicas.",
-                       "enum": ["auto", "none", "mirrored", "multi_worker"]},
+                       "enum": list(MODES)},
         "memory_growth": {"description": "Let TensorFlow take GPU memory as needed instead of all at start-up "
                                          "(`auto`, the default, is true).",
                           "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
@@ -245,7 +275,7 @@ def _train() -> dict:
                         "properties": {"update_ratio": _bool("Log |update| / |weights| per layer (about 1e-3 is healthy)."),
                                        "gradient_check": _bool("Check gradients numerically before training.")}},
         "verbose": {"enum": [0, 1, 2]},
-    }, description="How to train: optimizer, loss, metrics, epochs, callbacks.")
+    }, description="How to train: optimizer, loss, metrics, epochs, callbacks."))
 
 
 def _layer_item(layer_names: list[str]) -> dict:
@@ -254,10 +284,15 @@ def _layer_item(layer_names: list[str]) -> dict:
         "inputs": {"description": "The nodes or model inputs this node takes (default: the previous node).",
                    **_STRS},
         "share": {"type": "string", "description": "Apply again the very layer (same weights) of this node."},
-        "repeat": {"description": "Repeat `layers` this many times; `{times: 3, as: i}` exposes $i.", "anyOf": [
+        "repeat": {"description": "Repeat `layers` this many times; `{times: 3, as: i}` exposes $i; "
+                                  "`{for: [32, 64], as: filters}` once per item; `{for: {color: 3}, as: [feature, "
+                                  "size]}` once per key and value.", "anyOf": [
             {"type": "integer", "minimum": 1}, _EXPR,
             _obj({"times": {"anyOf": [{"type": "integer", "minimum": 1}, _EXPR]}, "as": _STR},
-                 required=("times",))]},
+                 required=("times",)),
+            _obj({"for": {"anyOf": [{"type": ["array", "object"]}, _EXPR]},
+                  "as": {"anyOf": [_STR, {"type": "array", "items": _STR, "minItems": 1, "maxItems": 2}]}},
+                 required=("for", "as"))]},
         "layers": {"$ref": "#/definitions/layer_list"},
         "call": {"type": "object", "description": "Extra keyword arguments for calling the layer "
                                                   "(e.g. `use_causal_mask: true`)."},

@@ -10,6 +10,7 @@ diagnostic has a location: never another exception, never a hang.
 KSPEC_FUZZ_EXAMPLES for a long run.
 """
 
+import math
 import os
 from pathlib import Path
 
@@ -64,9 +65,13 @@ def seeds() -> list[str]:
 
 
 SEEDS = seeds()
+# Hostile scalars for every field: infinities, NaN, integers beyond int64 and beyond kspec's digit bound,
+# over-long strings (beyond the one-value bound), numeric text with spaces.
+HOSTILE = st.sampled_from([math.inf, -math.inf, math.nan, 10**30, 10**100, -(10**60), "x" * 70_000, "y" * 5000,
+                           "9" * 300, "1e-3 ", " 32"])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
                     st.text(max_size=12), st.sampled_from(["$units", "${1/0}", "${x.y}", "$input", "Dense",
-                                                            "species", "stem", "nope"]))
+                                                            "species", "stem", "nope"]), HOSTILE)
 VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                        st.dictionaries(st.text(max_size=8), inner, max_size=3)),
                       max_leaves=6)
@@ -137,7 +142,9 @@ def test_byte_corruption_ends_in_a_spec_or_a_located_error(tmp_path_factory, see
         if op == "flip":
             raw[at] = data.draw(st.integers(0, 255))
         elif op == "insert":
-            raw[at:at] = data.draw(st.sampled_from([b":", b"-", b"[", b"{", b"&a", b"*a", b"!!", b"\t", b"\n  ", b"$"]))
+            raw[at:at] = data.draw(st.sampled_from([b":", b"-", b"[", b"{", b"&a", b"*a", b"!!", b"\t", b"\n  ", b"$",
+                                                    b"1e309", b"9" * 5000, b".nan", b"-.inf", b"<<: ",
+                                                    b"z" * 70_000]))
         else:
             del raw[at]
     path = tmp_path_factory.mktemp("fuzz") / "spec.yaml"

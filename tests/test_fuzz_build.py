@@ -16,6 +16,7 @@ cases; KSPEC_FUZZ_EXAMPLES sets the count for a long run (`make fuzz`).
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 
@@ -201,7 +202,9 @@ LAYER_CLASSES = {
     "Conv2DTranspose": {"filters": 2, "kernel_size": 3}, "DepthwiseConv2D": {"kernel_size": 3},
 }
 SMALL = st.sampled_from([0, 1, -1, 2, 3, 5, 8, 17, 64, 0.5, -0.5, 1.5, True, None, "same", "valid", "relu",
-                         "he_normal", "$input", "${2 * 3}", "nope"])
+                         "he_normal", "$input", "${2 * 3}", "nope",
+                         # hostile: infinities, NaN, sizes no machine holds, beyond int64, over-long text
+                         math.inf, -math.inf, math.nan, 10**12, 10**30, "x" * 70_000, "1e-3 "])
 SHAPES = st.lists(st.one_of(st.integers(0, 9), st.none()), max_size=4)
 VALUES = st.recursive(SMALL, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                      st.dictionaries(st.sampled_from(["units", "filters", "rate",

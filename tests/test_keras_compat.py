@@ -63,3 +63,16 @@ def test_graph_introspection_of_a_shared_layer():
 
 def test_check_graphviz_answers_a_bool():
     assert keras_compat.check_graphviz() in (True, False)
+
+
+def test_deferred_variables_are_those_a_stateless_scope_left_without_values():
+    before = keras_compat.deferred_variables()
+    layer = keras.layers.Dense(10**6)
+    with keras.StatelessScope(initialize_variables=False):
+        layer.build((None, 10**6))                      # 4 TB of kernel: deferred, so not allocated
+    pending = keras_compat.deferred_variables()
+    assert [v for v in pending if v not in before] == list(layer.weights)
+    keras_compat.set_deferred_variables(before)       # dropped: never given values
+    with keras.StatelessScope():                      # leaving it initialises whatever is still listed
+        pass
+    assert keras_compat.deferred_variables() == []

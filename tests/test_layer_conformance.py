@@ -40,6 +40,9 @@ OVERRIDES = {
     "AppPreprocess": {"application": "MobileNetV2"},
     "RandomPosterization": {"factor": 4},
     "MelSpectrogram": {"fft_length": 64, "sequence_length": 64, "sequence_stride": 32, "num_mel_bins": 8},
+    "Expression": {"expr": "tanh(x) * 2.0"},
+    "TokenAndPositionEmbedding": {"vocabulary_size": 10, "sequence_length": 5, "embedding_dim": 4},
+    "PositionEmbedding": {"sequence_length": 5},
 }
 
 SKIP = {
@@ -81,6 +84,10 @@ def input_shapes(name: str, cls) -> list[tuple]:
         return [(8, 8, 3)]
     if name in ("MelSpectrogram",):
         return [(256,)]
+    if name in ("PositionEmbedding", "SinePositionEncoding"):
+        return [(5, 4)]
+    if name == "TokenAndPositionEmbedding":
+        return [(5,)]
     if name in ("STFTSpectrogram",):
         return [(256, 1)]
     for dims, shape in (("1D", (8, 3)), ("2D", (8, 8, 3)), ("3D", (4, 4, 4, 3))):
@@ -94,7 +101,7 @@ def input_shapes(name: str, cls) -> list[tuple]:
 
 def input_dtype(name: str) -> str:
     if name in ("Embedding", "ReversibleEmbedding", "CategoryEncoding", "IntegerLookup", "Hashing",
-                "HashedCrossing"):
+                "HashedCrossing", "TokenAndPositionEmbedding"):
         return "int32"
     return "float32"
 

@@ -141,7 +141,7 @@ def test_residual_block_node_names(tmp_path):
 def test_transformer_and_lstm_blocks(tmp_path):
     spec = load_spec(wrapper(tmp_path, "blocks/transformer"))
     attention = spec.model.node("transformer_encoder_1.attention")
-    assert attention.inputs == ("x", "x") and attention.args["key_dim"] == 4 and attention.args["num_heads"] == 4
+    assert attention.inputs == ("x", "x") and attention.args["key_dim"] == 16 and attention.args["num_heads"] == 4
     assert spec.model.node("transformer_encoder_1.attention_add").inputs == ("x", "transformer_encoder_1.attention_dropout")
     spec = load_spec(wrapper(tmp_path, "blocks/lstm_stack"))
     lstms = [n for n in spec.model.nodes if n.layer == "LSTM"]

@@ -422,24 +422,52 @@ def _rename(model: keras.Model, name: str) -> None:
 
 
 def _set_trainable(node: NodeSpec, model: keras.Model, trainable: bool | str) -> None:
-    """False: freeze every layer (BatchNormalization included: it then runs in inference mode);
-    True: train every layer; a pattern: train only the layers whose names it matches (re.search),
-    everything inside a matching nested model included."""
-    if isinstance(trainable, bool):
-        set_all_trainable(model, trainable)
-        return
+    """`trainable` of a Backbone node (see apply_trainable); a pattern that matches nothing is an error
+    at the node, with the closest layer name."""
     try:
-        pattern = re.compile(trainable)
-    except re.error as exc:
+        matched = apply_trainable(model, trainable)
+    except re.error as exc:   # validate checks the pattern first; kept for specs built without it
         raise _error(node, f"Backbone '{node.name}': `trainable` is not a valid regular expression "
                            f"({trainable!r}: {exc})", key="trainable") from None
-    set_all_trainable(model, True)
-    if not unfreeze_matching(model, pattern):
-        names = [layer.name for layer in _leaves(model)]
+    if not matched:
         raise _error(node, f"Backbone '{node.name}': the `trainable` pattern {trainable!r} matches no layer "
-                           f"of the backbone{did_you_mean(trainable, names)}", key="trainable",
-                     hint="a regular expression searched in layer names, e.g. 'block_16|Conv_1'; "
-                          "true or false for all")
+                           f"of the backbone{did_you_mean(str(trainable), leaf_names(model))}", key="trainable",
+                     hint=TRAINABLE_HINT)
+
+
+TRAINABLE_HINT = "a regular expression searched in layer names, e.g. 'block_16|Conv_1'; true or false for all"
+
+
+def apply_trainable(model, trainable: bool | str) -> bool:
+    """The one implementation of `trainable: true | false | PATTERN`, on a Backbone node and in a
+    training phase. False: freeze every layer (BatchNormalization included: it then runs in inference
+    mode); true: train every layer; a pattern: train only the layers whose names it matches (re.search),
+    everything inside a matching nested model included, and freeze the rest.
+
+    Returns False when a pattern matched no layer (the caller reports it where the pattern was written);
+    raises re.error for an invalid pattern."""
+    if isinstance(trainable, bool):
+        set_all_trainable(model, trainable)
+        return True
+    pattern = re.compile(str(trainable))
+    set_all_trainable(model, True)
+    return unfreeze_matching(model, pattern)
+
+
+def pattern_matches(layer, pattern) -> bool:
+    """Whether `unfreeze_matching(layer, pattern)` would match a layer (changes nothing)."""
+    pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+    for child in getattr(layer, "layers", None) or getattr(layer, "_layers", None) or []:
+        if pattern.search(child.name):
+            return True
+        if getattr(child, "layers", None) and isinstance(child, keras.Model) and pattern_matches(child, pattern):
+            return True
+    return False
+
+
+def leaf_names(model) -> list[str]:
+    """The names of the layers inside `model`, nested models flattened (for a suggestion)."""
+    return [layer.name for layer in _leaves(model)]
 
 
 def set_all_trainable(layer, value: bool) -> None:

@@ -27,6 +27,7 @@ from .. import registry
 from ..errors import Diagnostic, SpecError
 from ..spec.types import InputSpec, ModelSpec, NodeSpec
 from . import errors as build_errors
+from .memory import WeightBudget
 
 BACKBONE = "Backbone"
 
@@ -57,6 +58,7 @@ def build_model(model: ModelSpec, name: str = "model",
     known = {spec.name for spec in model.inputs}
 
     calling = True                       # False after the first layer that cannot take its inputs
+    weights = WeightBudget()             # weight bytes, checked before each layer allocates its own
     float32_outputs = set(model.outputs) if _mixed_precision() else set()
     for node in model.nodes:
         is_backbone = node.layer == BACKBONE and not node.shares
@@ -81,6 +83,13 @@ def build_model(model: ModelSpec, name: str = "model",
             if layer is None:
                 built[node.name], out = _backbone(node, args[0] if len(args) == 1 else args)
             else:
+                if not node.shares:      # sized (and built) before its weights are allocated
+                    layer, too_big = weights.check(node, layer, args)
+                    built[node.name] = layer
+                    if too_big is not None:
+                        diagnostics.append(too_big)
+                        calling = False
+                        continue
                 out = _call(layer, args)
         except SpecError as exc:
             diagnostics.extend(exc.diagnostics)

@@ -18,8 +18,9 @@ from ..keras_compat import check_graphviz, inbound_nodes, model_nodes, producer
 SUMMARY_WIDTH = 110
 
 
-def describe(model: keras.Model, out_dir: Path | None) -> str:
-    """The summary text of `model`; with `out_dir`, also writes the diagram there and names it in the text."""
+def describe(model: keras.Model, out_dir: Path | None, stem: str = "model") -> str:
+    """The summary text of `model`; with `out_dir`, also writes the diagram there (`STEM.png` or `STEM.txt`:
+    `build -o DIR/X.keras` writes DIR/X.txt, so builds into one folder keep their own diagrams)."""
     lines: list[str] = []
     columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(SUMMARY_WIDTH)    # rich, which Keras prints with, crops at the terminal width
@@ -34,7 +35,7 @@ def describe(model: keras.Model, out_dir: Path | None) -> str:
     total, trainable, non_trainable = parameter_counts(model)
     lines.append(f"Parameters: {total:,} total, {trainable:,} trainable, {non_trainable:,} non-trainable")
     if out_dir is not None:
-        path = write_diagram(model, Path(out_dir))
+        path = write_diagram(model, Path(out_dir), stem)
         lines.append(f"Diagram: {path}")
     return "\n".join(lines)
 
@@ -53,18 +54,18 @@ def _size(weight) -> int:
     return n
 
 
-def write_diagram(model: keras.Model, out_dir: Path) -> Path:
-    """`model.png` via plot_model if pydot and Graphviz work, else the text rendering in `model.txt`."""
+def write_diagram(model: keras.Model, out_dir: Path, stem: str = "model") -> Path:
+    """`STEM.png` via plot_model if pydot and Graphviz work, else the text rendering in `STEM.txt`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if _graphviz_available():
-        path = out_dir / "model.png"
+        path = out_dir / f"{stem}.png"
         try:
             keras.utils.plot_model(model, to_file=str(path), show_shapes=True, show_layer_names=True,
                                    show_dtype=False, expand_nested=False, dpi=96)
             return path
         except Exception:
             pass                         # a broken Graphviz install: fall back to text
-    path = out_dir / "model.txt"
+    path = out_dir / f"{stem}.txt"
     path.write_text(text_diagram(model) + "\n", encoding="utf-8")
     return path
 

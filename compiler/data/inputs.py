@@ -32,6 +32,8 @@ def read_inputs(path: str, model: ModelSpec, feature_names: dict[str, list[str]]
         x = _npz(path, names)
     elif ext == ".npy":
         x = {names[0]: _npy(path)} if len(names) == 1 else _too_many(path, names, "a .npy array")
+    elif ext in (".csv", ".tsv", ".txt") and len(names) == 1 and model.inputs[0].dtype == "string":
+        x = {names[0]: _text(path, feature_names.get(names[0]) or [], "\t" if ext == ".tsv" else ",")}
     elif ext in (".csv", ".tsv", ".txt"):
         x = _csv(path, names, feature_names, "\t" if ext == ".tsv" else ",")
     else:
@@ -94,6 +96,16 @@ def _npy(path: str) -> np.ndarray:
         raise file_error(path, "input file not found") from None
     except (OSError, ValueError) as exc:
         raise file_error(path, f"cannot read npy file: {exc}") from None
+
+
+def _text(path: str, recorded: list[str], delimiter: str) -> np.ndarray:
+    """A text input's column (the one it was trained on; else the file's only column), as (n, 1) strings."""
+    f = read_csv(path, delimiter)
+    if not recorded and len(f.header) != 1:
+        raise file_error(path, f"the model takes one text column, but {os.path.basename(path)} has "
+                         f"{len(f.header)} ({', '.join(f.header)}) and the run recorded none")
+    column = f.index(recorded[0] if recorded else f.header[0], "text column")
+    return np.array([[row[column]] for row in f.rows], dtype=str)
 
 
 def _csv(path: str, names: list[str], feature_names: dict[str, list[str]], delimiter: str) -> dict[str, np.ndarray]:

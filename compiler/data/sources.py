@@ -144,7 +144,14 @@ def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
             raise source_error(data, f"column {column!r} of {f.name} is both a feature and a target")
     if not features:
         raise source_error(data, f"{f.name} has no feature columns left besides the target")
-    matrix, names = encode_features(f, features)
+    if len(model.inputs) == 1 and model.inputs[0].dtype == "string":   # raw text: TextVectorization in the model
+        if len(features) != 1:
+            raise source_error(data, f"the input {inputs[0]!r} is text (dtype: string) and takes one column, "
+                               f"not {len(features)}: name it with `features: [COLUMN]`")
+        column = f.index(features[0], "feature column")
+        matrix, names = np.array([[row[column]] for row in f.rows], dtype=str), list(features)
+    else:
+        matrix, names = encode_features(f, features)
     x = assign(inputs, matrix, "input", f.path, data)
     ys, tasks, classes = {}, {}, {}
     for output, cols in by_output.items():

@@ -9,7 +9,6 @@ later errors can still name what the user wrote.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..errors import DataError, Diagnostic, Loc
 from ..spec.types import DataSpec
+from ..suggest import did_you_mean  # noqa: F401 - the one implementation, re-exported for compiler/data/
 
 # An integer target with at most this many distinct values is a classification target.
 MAX_CLASSES = 50
@@ -60,12 +60,6 @@ def source_error(data: DataSpec, message: str, hint: str = "") -> DataError:
 def file_error(file: str, message: str, line: int = 0, col: int = 0, hint: str = "") -> DataError:
     """An error about a data file, at a line when known (CSV)."""
     return DataError(Diagnostic(message, Loc(file, line, col if line else 0), hint=hint))
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """"; did you mean 'x'?" or "", for error messages."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_params(data: DataSpec, allowed: Iterable[str], what: str) -> None:

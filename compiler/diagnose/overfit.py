@@ -71,6 +71,11 @@ def build_for_check(spec: Spec, augment: bool = False):
         splits = load_splits(data, spec.model, spec.seed)
         layers = input_layers(data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
+    if splits is not None:
+        from ..build.adapt import adapt_on_split
+
+        adapt_on_split(model, splits.train, spec.train.batch_size if spec.train else 32, lambda line: None,
+                        spec.model)
     if spec.train is not None:
         compile_model(model, spec.train, spec.model)
     return model, splits

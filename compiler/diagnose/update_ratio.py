@@ -164,11 +164,6 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, out.getvalue())
 
 
-def read_update_ratios(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of an update_ratio.csv: {"epoch": int, "layer": str, "ratio": float}."""
-    return _read(Path(path))
-
-
 # -- the spec's switch --------------------------------------------------------------------------
 
 def spec_diagnostics(spec) -> Mapping[str, Any]:

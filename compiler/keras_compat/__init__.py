@@ -16,6 +16,8 @@ moves or renames one fails a named test instead of a user's run.
     model_nodes(model)            the Nodes of a Functional model's own graph
     all_layers(model)             every layer at any depth, nested models' layers included
     check_graphviz()              whether `keras.utils.plot_model` can draw
+    deferred_variables()          the variables made in a StatelessScope, not yet given values
+    set_deferred_variables(vs)    replace that list (drop a layer's weights before they are allocated)
     multi_worker_fix              the keras#20585 patch (its own module: it replaces two functions)
 
 Nothing here imports Keras at module level: importing this package is free.
@@ -98,3 +100,18 @@ def check_graphviz() -> bool:
         return bool(check())
     except Exception:
         return False
+
+
+def deferred_variables() -> list:
+    """The variables created inside a `keras.StatelessScope` and not yet given values (Keras gives
+    them values when the outermost such scope exits, unless `initialize_variables=False`)."""
+    from keras.src.backend.common import global_state
+
+    return list(global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True))
+
+
+def set_deferred_variables(variables: list) -> None:
+    """Replace Keras's list of deferred variables: variables left out are never given values."""
+    from keras.src.backend.common import global_state
+
+    global_state.set_global_attribute("uninitialized_variables", list(variables))

@@ -7,7 +7,10 @@ registers the classes).
 """
 
 from .app_preprocess import AppPreprocess
+from .expression import Expression
 from .log1p import Log1p
 from .maxout import Maxout
+from .position import PositionEmbedding, SinePositionEncoding, TokenAndPositionEmbedding
 
-__all__ = ["AppPreprocess", "Log1p", "Maxout"]
+__all__ = ["AppPreprocess", "Expression", "Log1p", "Maxout", "PositionEmbedding", "SinePositionEncoding",
+           "TokenAndPositionEmbedding"]

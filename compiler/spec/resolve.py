@@ -14,7 +14,7 @@ from ..errors import Collector, Diagnostic, Loc, SpecError
 from . import schemas
 from .expand import REQUIRED, Block, Expander, Scope
 from .extends import load_with_extends
-from .load import load_file
+from .load import LoadBudget, load_file
 from .overrides import apply_overrides
 from .tree import Map, Seq
 from .types import relative_to
@@ -34,7 +34,8 @@ def resolve(path: str | Path, overrides: list[str] = (), errors: Collector | Non
     problems of expansion there and returns what could be resolved, so that
     validation can report its own findings in the same run.
     """
-    tree = load_with_extends(path)
+    budget = LoadBudget()   # one bound on files, values and characters for extends and include together
+    tree = load_with_extends(path, budget=budget)
     collect = errors is not None
     errors = errors if collect else Collector()
     apply_overrides(tree, list(overrides), errors)
@@ -44,7 +45,7 @@ def resolve(path: str | Path, overrides: list[str] = (), errors: Collector | Non
         tree.set("name", Path(path).stem)
     model = tree.get("model")
     if isinstance(model, Map):
-        _expand_model(model, errors)
+        _expand_model(model, errors, budget)
     expander = Expander({}, frozenset(), errors)
     for key in list(tree):
         if key != "model":   # `${expr}` is allowed anywhere; no parameters outside blocks
@@ -71,7 +72,8 @@ def upgrade(tree: Map, file: str) -> Map:
     version = tree.get("kspec")
     if "kspec" not in tree:
         raise SpecError(Diagnostic(f"missing 'kspec: {CURRENT_VERSION}' (the spec format version)",
-                                   tree.loc or Loc(file, 1, 1), hint=f"add `kspec: {CURRENT_VERSION}` as the first line"))
+                                   tree.loc or Loc(file, 1, 1),
+                                   hint=f"add `kspec: {CURRENT_VERSION}` as the first line"))
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CURRENT_VERSION:
         raise SpecError(Diagnostic(f"unknown spec format version {version!r}: this kspec reads versions "
                                    f"1 to {CURRENT_VERSION}", tree.value_loc("kspec"), "kspec",
@@ -83,8 +85,9 @@ def upgrade(tree: Map, file: str) -> Map:
     return tree
 
 
-def _expand_model(model: Map, errors: Collector) -> None:
-    blocks = collect_blocks(model.get("blocks"), model.value_loc("blocks"), errors, ("model", "blocks"))
+def _expand_model(model: Map, errors: Collector, budget: LoadBudget | None = None) -> None:
+    blocks = collect_blocks(model.get("blocks"), model.value_loc("blocks"), errors, ("model", "blocks"),
+                            budget=budget)
     layers = model.get("layers")
     if not isinstance(layers, Seq):
         return   # reported by the schema ("'layers' is required", "expected a list")
@@ -108,8 +111,9 @@ def _expand_model(model: Map, errors: Collector) -> None:
 
 
 def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple,
-                   chain: tuple[str, ...] = ()) -> dict[str, Block]:
-    """Block definitions from `model.blocks`, following `include:` files."""
+                   chain: tuple[str, ...] = (), budget: LoadBudget | None = None) -> dict[str, Block]:
+    """Block definitions from `model.blocks`, following `include:` files (all within one `budget`)."""
+    budget = budget if budget is not None else LoadBudget()
     blocks: dict[str, Block] = {}
     if value is None:
         return blocks
@@ -120,7 +124,7 @@ def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple,
     include_list = includes if isinstance(includes, Seq) else ([includes] if includes is not None else [])
     for i, include in enumerate(include_list):
         where = includes.item_loc(i) if isinstance(includes, Seq) else value.value_loc("include")
-        blocks.update(_include(include, where, errors, chain))
+        blocks.update(_include(include, where, errors, chain, budget))
     for name, body in value.items():
         if name == "include":
             continue
@@ -152,7 +156,8 @@ def collect_blocks(value, loc: Loc | None, errors: Collector, path: tuple,
     return blocks
 
 
-def _include(include, where: Loc | None, errors: Collector, chain: tuple[str, ...]) -> dict[str, Block]:
+def _include(include, where: Loc | None, errors: Collector, chain: tuple[str, ...],
+             budget: LoadBudget) -> dict[str, Block]:
     if not isinstance(include, str):
         errors.add("'include' takes a file path or a list of paths", where)
         return {}
@@ -164,16 +169,18 @@ def _include(include, where: Loc | None, errors: Collector, chain: tuple[str, ..
     if len(chain) >= MAX_INCLUDE_DEPTH:
         errors.add(f"block includes nested deeper than {MAX_INCLUDE_DEPTH}", where)
         return {}
-    if not file.is_file():
+    if not file.exists() and not file.is_symlink():
         errors.add(f"'include' names a file that does not exist: {file}", where,
                    hint="paths are relative to the file that names them")
         return {}
     try:
-        tree = load_file(file)
+        tree = load_file(file, budget=budget, at=where)
     except SpecError as exc:
+        if budget.loads < 0:     # the fan-out bound: stop here, once, rather than at every sibling
+            raise
         errors.diagnostics.extend(exc.diagnostics)
         return {}
     if not isinstance(tree, Map) or not isinstance(tree.get("blocks"), Map):
-        errors.add(f"{file} has no 'blocks:' mapping to include", where)
+        errors.add(f"{file} has no 'blocks:' mapping to include (it is not a kspec blocks file)", where)
         return {}
-    return collect_blocks(tree["blocks"], tree.value_loc("blocks"), errors, ("blocks",), chain + (key,))
+    return collect_blocks(tree["blocks"], tree.value_loc("blocks"), errors, ("blocks",), chain + (key,), budget)

@@ -7,11 +7,14 @@ Conv2D; did you mean 'filters'?" at the line of `filtrs`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import Diagnostic
 from ..suggest import did_you_mean
 from .tree import locate
+
+MAX_SHOWN = 80     # a value quoted in a message is cut to this many characters
 
 _TYPE_WORDS = {"integer": "a whole number", "number": "a number", "string": "a string",
                "boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}
@@ -27,8 +30,35 @@ def describe(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return f"'{value}'"
-    return repr(value)
+        return f"'{value}'" if len(value) <= MAX_SHOWN else f"'{value[:MAX_SHOWN - 3]}...' ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+def _numeric_text(value: Any) -> bool:
+    """'1e-3 ', ' 32', '0.5': a number written in quotes (or with spaces that made it text)."""
+    if not isinstance(value, str) or len(value) > 40:
+        return False
+    try:
+        return math.isfinite(float(value.strip()))
+    except ValueError:
+        return False
+
+
+def _number_type(error, path: list) -> str | None:
+    """"a whole number" / "a number" if the schema accepts one at `path` (directly or as one alternative
+    of an anyOf somewhere above it), else None."""
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e.validator == "type" and list(e.absolute_path) == path:
+            types = e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]
+            if "number" in types:
+                return _TYPE_WORDS["number"]
+            if "integer" in types:
+                return _TYPE_WORDS["integer"]
+        stack.extend(e.context or ())
+    return None
 
 
 def _is_expression_branch(error) -> bool:
@@ -97,7 +127,13 @@ def _merged_type_error(error, branches):
 
 def to_diagnostics(error, tree, display_path) -> list[Diagnostic]:
     """One jsonschema error -> diagnostics (an `additionalProperties` error may name several keys)."""
-    error = pick(error)
+    original, error = error, pick(error)
+    if _numeric_text(error.instance) and (words := _number_type(original, list(error.absolute_path))):
+        loc, via = locate(tree, list(error.absolute_path))
+        key = error.absolute_path[-1] if error.absolute_path else "value"
+        return [Diagnostic(f"expected {words}, got the quoted text {describe(error.instance)}", loc,
+                           display_path(list(error.absolute_path)), via=via,
+                           hint=f"write the number without quotes or spaces: `{key}: {error.instance.strip()}`")]
     path = list(error.absolute_path)
     instance, schema, kind = error.instance, error.schema, error.validator
     where = display_path(path)

@@ -42,17 +42,38 @@ def add_plugin_layers(names) -> None:
     _plugin_layers.update(n for n in names if not n.startswith("_"))
 
 
-@lru_cache(maxsize=None)
+_plugin_components: dict[str, set[str]] = {}   # kind -> loss/metric names of `--plugin` modules
+
+
+def add_plugin_components(kind: str, names) -> None:
+    """Accept these loss or metric names (from a `--plugin` module) in specs; their arguments are checked by
+    their own constructor when the model is compiled."""
+    _plugin_components.setdefault(kind, set()).update(n for n in names if not n.startswith("_"))
+
+
+def with_plugin_components(documents: dict) -> None:
+    """Let the `loss`/`metric` definitions of the parsed schema `documents` accept the plugins' names too."""
+    for kind, names in _plugin_components.items():
+        definitions = documents.get(f"components/{kind}.schema.json", {}).get("definitions", {})
+        form = definitions.get(kind[:-2] if kind.endswith("sses") else kind[:-1])
+        if names and isinstance(form, dict) and "anyOf" in form:
+            form["anyOf"] = form["anyOf"] + [
+                {"enum": sorted(names)},
+                {"type": "object", "minProperties": 1, "maxProperties": 1, "propertyNames": {"enum": sorted(names)},
+                 "additionalProperties": {"type": ["object", "null"]}}]
+
+
 def component_names(kind: str) -> frozenset[str]:
-    """Every name of a component kind (`Adam`, `adam`, `he_normal`...)."""
+    """Every name of a component kind (`Adam`, `adam`, `he_normal`...), plugins' included."""
+    plugins = _plugin_components.get(kind)
+    return _component_names(kind) | plugins if plugins else _component_names(kind)
+
+
+@lru_cache(maxsize=None)
+def _component_names(kind: str) -> frozenset[str]:
     defs = component(kind).get("definitions", {})
     for form in defs.values():
         for option in form.get("anyOf", [form]):
             if "enum" in option:
                 return frozenset(n for n in option["enum"] if isinstance(n, str))
     return frozenset(n for n in defs if n[:1].isupper())
-
-
-def layer_arguments(layer: str) -> dict:
-    """The `properties` of a layer class's argument schema ({} if unknown)."""
-    return component("layers").get("definitions", {}).get(layer, {}).get("properties", {})

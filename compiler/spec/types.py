@@ -8,11 +8,26 @@ so a Keras error at build or train time still points at the spec.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import Loc
+
+
+def default(cls: type, name: str) -> Any:
+    """The default of field `name` of the dataclass `cls`: the one place a spec default is written.
+
+    `validate` fills what a spec leaves out from here, and `schemagen` writes the schema's
+    `default`s from here (tests/test_single_source.py checks both)."""
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
 def relative_to(loc: Loc | None, value: str) -> Path:
@@ -112,7 +127,8 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class PhaseSpec:
-    """One training phase: `{epochs: 5, trainable: false}` then `{epochs: 10, trainable: "block_16.*", learning_rate: 1e-5}`."""
+    """One training phase: `{epochs: 5, trainable: false}`, then
+    `{epochs: 10, trainable: "block_16.*", learning_rate: 1e-5}`."""
 
     name: str
     epochs: int
@@ -120,6 +136,7 @@ class PhaseSpec:
     optimizer: Component | None = None    # None: keep the train optimizer
     learning_rate: float | None = None
     loc: Loc | None = None
+    trainable_loc: Loc | None = None      # where the `trainable` pattern is written (for its errors)
 
 
 @dataclass(frozen=True)
@@ -136,9 +153,9 @@ class TrainSpec:
     keep: str = "best"                    # model.keras holds the "best" (by monitor) or "last" weights
     monitor: str = "val_loss"
     deterministic: bool = False
-    mixed_precision: str | None = None    # "auto" | "mixed_float16" | "mixed_bfloat16" | None (float32)
-    jit_compile: bool | str = False       # True, False or "auto"
-    distribute: str = "none"              # "auto" | "none" | "mirrored" | "multi_worker"
+    mixed_precision: str | None = "auto"  # "auto" | "mixed_float16" | "mixed_bfloat16" | None (float32)
+    jit_compile: bool | str = "auto"      # True, False or "auto"
+    distribute: str = "auto"              # "auto" | "none" | "mirrored" | "multi_worker"
     memory_growth: bool | str = "auto"    # True, False or "auto" (= True): GPU memory taken as needed
     steps_per_execution: int = 1
     ensemble: int = 1

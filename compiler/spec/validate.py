@@ -10,7 +10,9 @@ The result is the typed `Spec` every later stage reads.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from .resolve import resolve
 from .schema_errors import to_diagnostics
 from .tree import Map, Seq, format_path, locate, plain
 from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpec, Spec, TrainSpec, relative_to
+from .types import default as typed_default
 
 SIBLINGS = ("name", "inputs", "share", "call")
 SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name",
@@ -49,6 +52,7 @@ def _validator():
 
     documents = {f.relative_to(schemas.SCHEMA_DIR).as_posix(): json.loads(f.read_text())
                  for f in schemas.SCHEMA_DIR.rglob("*.schema.json")}
+    schemas.with_plugin_components(documents)   # losses and metrics of `--plugin` modules
     root = documents["spec.schema.json"]
     # The schema lets every typed value be a `$param` / `${expr}` (editors see the raw file). The tree
     # validated here is resolved: expressions are evaluated and blocks expanded, so a string still
@@ -123,6 +127,7 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
 
     # A value resolving already complained about (a bad `${expr}`, an unknown `$param`) is left as its
     # text, which the schema then rejects as a wrong type: one error per value is enough.
+    _check_finite(tree, errors, display_path)
     resolved = {d.loc for d in errors.diagnostics if d.loc is not None}
     errors.diagnostics.extend(d for d in schema_errors(tree, display_path) if d.loc not in resolved)
     if not resolved_cleanly:   # nodes were dropped: reference checks would only echo those errors
@@ -130,12 +135,27 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
     structural = bool(errors.diagnostics)
     try:
         spec = _typed(tree, file, errors, display_path)
-    except (KeyError, TypeError, ValueError, AttributeError, StopIteration):
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration, OverflowError):
         if not structural:   # a bad shape the schema should have caught
             raise
         spec = None
     errors.raise_if_any()
     return spec
+
+
+def _check_finite(tree: Map, errors: Collector, display_path) -> None:
+    """`.inf` and `.nan` are YAML numbers, but no spec value means them (a seed, a rate, a size):
+    one located error each, before any stage converts them (`int(inf)` would be an internal error)."""
+    stack: list[tuple[Any, tuple]] = [(tree, ())]
+    while stack:
+        node, path = stack.pop()
+        items = node.items() if isinstance(node, Map) else enumerate(node) if isinstance(node, Seq) else ()
+        for key, value in items:
+            if isinstance(value, float) and not math.isfinite(value):
+                loc, via = locate(tree, list(path) + [key])
+                errors.add(f"expected a finite number, got {value}", loc, display_path(list(path) + [key]), via=via)
+            elif isinstance(value, (Map, Seq)):
+                stack.append((value, path + (key,)))
 
 
 # -- typed conversion + semantic checks ---------------------------------------------------
@@ -158,7 +178,8 @@ def _component(kind: str, value: Any, parent, key) -> Component:
 
 
 def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
-    inputs = tuple(InputSpec(name, tuple(spec["shape"]), spec.get("dtype", "float32"), model["inputs"].key_loc(name))
+    inputs = tuple(InputSpec(name, tuple(spec["shape"]), spec.get("dtype", typed_default(InputSpec, "dtype")),
+                             model["inputs"].key_loc(name))
                    for name, spec in model["inputs"].items())
     layers: Seq = model["layers"]
     known = {i.name for i in inputs}
@@ -200,6 +221,14 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
             args = plain(item[kind]) or {}
             if kind == "Backbone" and isinstance(item[kind], Map):
                 args = _backbone_paths(item[kind], args)
+                check_pattern(args.get("trainable"), item[kind].value_loc("trainable"),
+                              display_path(path + [kind, "trainable"]), errors)
+            if kind == "Expression" and isinstance(item[kind], Map):
+                _check_expression(item[kind], len(refs), errors, display_path(path + [kind, "expr"]), item.via)
+        if item["name"] in known:
+            loc, via = locate(layers, [index, "name"])
+            errors.add(f"node name '{item['name']}' is also a model input's name", loc or item.loc, where,
+                       via=via or item.via, hint="node names and input names share one namespace: rename the node")
         record = {"__layer": kind, "__args": args, "__origin": shares or item["name"]}
         by_name[item["name"]] = record
         nodes.append(NodeSpec(item["name"], kind, args, tuple(refs), item.loc, where, item.via, shares))
@@ -215,10 +244,44 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
                    loc, "model.outputs")
     for i, out in enumerate(outputs):
         if out not in all_names:
-            loc, _ = locate(model, ["outputs", i]) if isinstance(model.get("outputs"), Seq) else locate(model, ["outputs"])
-            errors.add(f"output '{out}' is not a node" + did_you_mean(out, names), loc, f"model.outputs[{i}]")
+            loc, _ = (locate(model, ["outputs", i]) if isinstance(model.get("outputs"), Seq)
+                      else locate(model, ["outputs"]))
+            errors.add(f"output '{out}' is not a node" + did_you_mean(out, names), loc,
+                       f"model.outputs[{i}]")
     _check_acyclic(nodes, known, errors)
     return ModelSpec(inputs, tuple(_topological(nodes, known)), tuple(outputs))
+
+
+def _check_expression(args: Map, n_inputs: int, errors: Collector, where: str, via) -> None:
+    """An `Expression` layer's text, checked as the layer will parse it (without Keras), at the character."""
+    from dataclasses import replace
+
+    from ..tensor_expr import TensorExprError, parse
+
+    text, names = args.get("expr"), args.get("names")
+    if not isinstance(text, str) or not isinstance(names, Seq):
+        return                            # the schema reports a missing or non-string `expr`
+    loc = args.value_loc("expr")
+    if len(names) != n_inputs:
+        errors.add(f"the expression names {len(names)} input(s) ({', '.join(map(str, names))}) but the node has "
+                   f"{n_inputs}", args.value_loc("names") or loc, where.rsplit(".", 1)[0] + ".names", via=via)
+        return
+    try:
+        parse(text, [str(n) for n in names])
+    except TensorExprError as exc:
+        if loc is not None and "\n" not in text:
+            quoted = _quote_width(loc)
+            loc = replace(loc, col=loc.col + quoted + exc.offset)
+        errors.add(f"bad expression: {exc}", loc, where, via=via)
+
+
+def _quote_width(loc) -> int:
+    """1 if the scalar at `loc` starts with a quote in its file (so the text starts one column later), else 0."""
+    try:
+        line = Path(loc.file).read_text(errors="replace").splitlines()[loc.line - 1]
+    except (OSError, IndexError):
+        return 0
+    return 1 if line[loc.col - 1:loc.col] in ("'", '"') else 0
 
 
 def _check_acyclic(nodes: list[NodeSpec], inputs: set[str], errors: Collector) -> None:
@@ -288,6 +351,12 @@ def _per_output(value, parent: Map, key: str, outputs, kind: str, errors: Collec
                     errors.add(f"'{k}' in train.{key} matches no output (outputs: {', '.join(outputs)})"
                                + did_you_mean(k, outputs), value.key_loc(k), f"train.{key}.{k}")
             return {k: one(value[k], value, k) for k in value if k in outputs}
+    if isinstance(value, Seq) and not many:   # `loss: [a, b]`: one per output, in the order of `outputs`
+        if len(value) != len(outputs):
+            errors.add(f"train.{key} lists {len(value)} value(s) for {len(outputs)} output(s) "
+                       f"({', '.join(outputs)}): give one per output in that order, or a mapping "
+                       f"`{{{outputs[0] if outputs else 'output'}: ...}}`", parent.value_loc(key), f"train.{key}")
+        return {o: one(v, value, i) for i, (o, v) in enumerate(zip(outputs, value))}
     return {o: one(value, parent, key) for o in outputs}
 
 
@@ -307,28 +376,50 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
         weights = dict(weights)
     elif isinstance(weights, Seq):
         weights = dict(zip(outputs, weights))
-    callbacks = tuple(_component("callbacks", c, train["callbacks"], i) for i, c in enumerate(train.get("callbacks") or []))
+    callbacks = tuple(_component("callbacks", c, train["callbacks"], i)
+                      for i, c in enumerate(train.get("callbacks") or []))
     phases = []
     for i, phase in enumerate(train.get("phases") or []):
+        check_pattern(phase.get("trainable"), phase.value_loc("trainable"), f"train.phases[{i}].trainable", errors)
         phases.append(PhaseSpec(
             name=str(phase.get("name", f"phase_{i + 1}")), epochs=int(phase["epochs"]),
             trainable=phase.get("trainable"),
-            optimizer=_component("optimizers", phase["optimizer"], phase, "optimizer") if "optimizer" in phase else None,
-            learning_rate=phase.get("learning_rate"), loc=train["phases"].item_loc(i)))
-    precision = train.get("mixed_precision", "auto")
-    class_weight = train.get("class_weight")
+            optimizer=(_component("optimizers", phase["optimizer"], phase, "optimizer") if "optimizer" in phase
+                       else None),
+            learning_rate=phase.get("learning_rate"), loc=train["phases"].item_loc(i),
+            trainable_loc=phase.value_loc("trainable") if "trainable" in phase else None))
+    def given(key: str):   # what the spec says, else the typed spec's own default (types.py)
+        return train.get(key, typed_default(TrainSpec, key))
+
+    precision = given("mixed_precision")
+    class_weight = given("class_weight")
     return TrainSpec(
         optimizer=optimizer, losses=losses, metrics=metrics, loss_weights=weights,
-        batch_size=int(train.get("batch_size", 32)), epochs=int(train.get("epochs", 10)),
+        batch_size=int(given("batch_size")), epochs=int(given("epochs")),
         callbacks=callbacks,
-        class_weight={int(k): float(v) for k, v in class_weight.items()} if isinstance(class_weight, Map) else class_weight,
-        phases=tuple(phases), keep=train.get("keep", "best"), monitor=train.get("monitor", "val_loss"),
-        deterministic=bool(train.get("deterministic", False)),
+        class_weight=({int(k): float(v) for k, v in class_weight.items()} if isinstance(class_weight, Map)
+                      else class_weight),
+        phases=tuple(phases), keep=given("keep"), monitor=given("monitor"),
+        deterministic=bool(given("deterministic")),
         mixed_precision=None if precision in (None, "none") else precision,
-        jit_compile=train.get("jit_compile", "auto"), distribute=train.get("distribute", "auto"),
-        memory_growth=train.get("memory_growth", "auto"),
-        steps_per_execution=int(train.get("steps_per_execution", 1)), ensemble=int(train.get("ensemble", 1)), diagnostics=plain(train.get("diagnostics")) or {},
+        jit_compile=given("jit_compile"), distribute=given("distribute"),
+        memory_growth=given("memory_growth"),
+        steps_per_execution=int(given("steps_per_execution")), ensemble=int(given("ensemble")),
+        diagnostics=plain(given("diagnostics")) or {},
         loc=train.loc)
+
+
+def check_pattern(trainable, loc, path: str, errors: Collector) -> None:
+    """A `trainable` pattern (Backbone or phase) is a valid regular expression, checked here, at its
+    location, rather than when training reaches it. (Whether it matches a layer needs the built model:
+    build/backbone.py and train/run.py check that, before training starts.)"""
+    if not isinstance(trainable, str):
+        return
+    try:
+        re.compile(trainable)
+    except re.error as exc:
+        errors.add(f"`trainable` is not a valid regular expression ({trainable!r}: {exc})", loc, path,
+                   hint="a regular expression searched in layer names, e.g. 'block_16|Conv_1'; true or false")
 
 
 def _backbone_paths(written: Map, args: dict) -> dict:
@@ -355,8 +446,10 @@ def _data(data: Map) -> DataSpec:
     augment = tuple(_component("augment", a, data["augment"], i) for i, a in enumerate(data.get("augment") or []))
     reshape = data.get("reshape")
     classes = data.get("classes")
-    return DataSpec(source=kind, params=params, validation=float(split.get("validation", 0.0)),
-                    test=float(split.get("test", 0.0)), stratify=split.get("stratify"), split_seed=split.get("seed"),
+    return DataSpec(source=kind, params=params,
+                    validation=float(split.get("validation", typed_default(DataSpec, "validation"))),
+                    test=float(split.get("test", typed_default(DataSpec, "test"))), stratify=split.get("stratify"),
+                    split_seed=split.get("seed"),
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
                     classes=tuple(str(c) for c in classes) if classes is not None else None,
                     loc=data.loc, classes_loc=data.value_loc("classes") if classes is not None else None,

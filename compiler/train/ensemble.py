@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, Diagnostic, KspecError, SpecError
+from ..errors import DataError, Diagnostic, SpecError
 from ..spec.types import Spec
 from .rundir import (MODEL, RunDir, RunDirError, atomic_copy, atomic_save_model, atomic_write_json,
                      atomic_write_text, default_run_dir, discard, open_run, read_json)
@@ -83,7 +83,7 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
     from . import run as run_module
 
     run_module.check_workers(workers)
-    _check_single_process(spec)
+    check_single_process(spec)
     if spec.data is None:
         raise SpecError(Diagnostic("the spec has no `data` section, so there is nothing to train on",
                                    path="data"))
@@ -124,17 +124,27 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
     return _finish(spec, run, member_dirs, verbose, started, splits)
 
 
-def _check_single_process(spec: Spec) -> None:
-    """Members train one after another in this process: not as one worker of a multi-worker cluster
-    (`kspec train` refuses --workers/--cluster with an ensemble; this catches TF_CONFIG and
-    `train.distribute: multi_worker`, where every worker would claim the same run directory)."""
+def check_single_process(spec: Spec, several_processes: bool = False) -> None:
+    """The one check that an ensemble trains in one process (exit 2, at `train.ensemble`).
+
+    Members train one after another in this process: never as one of several workers, whether
+    asked on the command line (`several_processes`: --workers N, --cluster, --worker-index, checked
+    by `kspec train` before TensorFlow loads) or by TF_CONFIG / `train.distribute: multi_worker`
+    (checked again by the trainer), where every worker would claim the same run directory."""
+    if spec.train is None or spec.train.ensemble <= 1:
+        return
+    from ..distribute.cluster import ClusterError
     from ..distribute.strategy import plan as distribution_plan
 
-    if distribution_plan(spec.train).multi_worker:
-        raise KspecError(Diagnostic(
+    if several_processes or distribution_plan(spec.train).multi_worker:
+        tree = spec.tree
+        train = tree.get("train") if isinstance(tree, dict) else None
+        loc = getattr(train, "value_locs", {}).get("ensemble") if train is not None else None
+        raise ClusterError(Diagnostic(
             "train.ensemble trains its members one after another in one process; it cannot be combined "
-            "with multi-worker training (TF_CONFIG, or train.distribute: multi_worker)",
-            path="train.ensemble", hint="train the ensemble on one machine (mirrored or single-device)"))
+            "with multi-worker training (--workers, --cluster, TF_CONFIG, or train.distribute: multi_worker)",
+            loc or spec.train.loc, path="train.ensemble",
+            hint="train the ensemble on one machine (mirrored or single-device)"))
 
 
 # -- the run directory ---------------------------------------------------------------------------

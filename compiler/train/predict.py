@@ -42,6 +42,10 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
         x = read_inputs(input, spec.model, info.get("feature_names") or {})
         names = [i.name for i in spec.model.inputs]
         feed = x[names[0]] if len(names) == 1 else {n: x[n] for n in names}
+        if any(np.asarray(v).dtype.kind in "USO" for v in x.values()):   # raw text: Keras takes it as tf strings
+            import tensorflow as tf
+
+            feed = tf.nest.map_structure(tf.constant, feed)
     try:
         raw = model.predict(feed, batch_size=None if streamed else batch, verbose=0)
     except Exception as exc:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -205,7 +204,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state["epoch_done"]]
         history_io.write_history(run.history, rows)
     else:
-        model = _build(spec, splits, input_layers)
+        model = _build(spec, splits, input_layers, log=lambda line: _say(verbose, line))
         from ..diagnose.gradcheck import check_before_training
 
         check_before_training(spec, model, verbose)   # `diagnostics: {gradient_check: true}`
@@ -368,11 +367,14 @@ def _configure(spec: Spec, keras, tf) -> None:
     keras.mixed_precision.set_global_policy(mixed_precision_policy(spec.train.mixed_precision))
 
 
-def _build(spec: Spec, splits, input_layers):
+def _build(spec: Spec, splits, input_layers, log=print):
     from ..build import build_model, compile_model
+    from ..build.adapt import adapt_on_split
 
     layers = input_layers(spec.data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
+    adapt_on_split(model, splits.train, spec.train.batch_size, log, spec.model)   # an in-model Normalization: {}
+    check_phase_patterns(model, spec)
     compile_model(model, spec.train, spec.model)
     return model
 
@@ -492,20 +494,38 @@ def _backbone_names(spec: Spec) -> list[str]:
     return [n.name for n in spec.model.nodes if n.layer == "Backbone" and not n.shares]
 
 
+def _trainable_roots(model, scope: list[str] | None) -> list:
+    return [model.get_layer(name) for name in (scope or []) if _has_layer(model, name)] or [model]
+
+
 def set_trainable(model, trainable: bool | str, scope: list[str] | None = None) -> None:
-    """`trainable: true|false|PATTERN` for the backbone layers (or, without a backbone, every layer).
+    """`trainable: true|false|PATTERN` for the backbone layers (or, without a backbone, every layer),
+    by the one implementation a Backbone node uses (build/backbone.py `apply_trainable`)."""
+    from ..build.backbone import apply_trainable
 
-    A pattern is a regular expression searched in layer names at any depth, as on a Backbone
-    node: matching layers (and everything inside them) train, the rest of the scope is frozen.
-    A frozen BatchNormalization runs in inference mode (Keras 3).
-    """
-    from ..build.backbone import set_all_trainable, unfreeze_matching
+    for root in _trainable_roots(model, scope):
+        apply_trainable(root, trainable)
 
-    roots = [model.get_layer(name) for name in (scope or []) if _has_layer(model, name)] or [model]
-    for root in roots:
-        set_all_trainable(root, trainable if isinstance(trainable, bool) else True)
-        if not isinstance(trainable, bool):
-            unfreeze_matching(root, re.compile(str(trainable)))
+
+def check_phase_patterns(model, spec: Spec) -> None:
+    """Before any training: every phase's `trainable` pattern matches a layer of its scope (else the
+    phase would silently freeze the whole backbone), as on a Backbone node: a located error with the
+    closest layer name."""
+    from ..build.backbone import TRAINABLE_HINT, leaf_names, pattern_matches
+    from ..suggest import did_you_mean
+
+    errors = []
+    roots = _trainable_roots(model, _backbone_names(spec))
+    for i, phase in enumerate(spec.train.phases):
+        if isinstance(phase.trainable, str) and not any(pattern_matches(r, phase.trainable) for r in roots):
+            names = [n for r in roots for n in leaf_names(r)]
+            scope = "the backbone" if _backbone_names(spec) else "the model"
+            errors.append(Diagnostic(
+                f"phase '{phase.name}': the `trainable` pattern {phase.trainable!r} matches no layer of "
+                f"{scope}{did_you_mean(phase.trainable, names)}", phase.trainable_loc or phase.loc,
+                f"train.phases[{i}].trainable", hint=TRAINABLE_HINT))
+    if errors:
+        raise SpecError(errors)
 
 
 def _has_layer(model, name: str) -> bool:
