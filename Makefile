@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/build_overhead.py
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/tune_overhead.py
+	$(BIN)/python bench/image_folder.py
+	$(BIN)/python bench/csv_stream.py
 	$(BIN)/python bench/serve_load.py
 
 clean:

@@ -72,9 +72,9 @@ def build_for_check(spec: Spec, augment: bool = False):
         layers = input_layers(data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
     if splits is not None:
-        from ..build.adapt import adapt_on_arrays
+        from ..build.adapt import adapt_on_split
 
-        adapt_on_arrays(model, splits.train.x, spec.train.batch_size if spec.train else 32, lambda line: None,
+        adapt_on_split(model, splits.train, spec.train.batch_size if spec.train else 32, lambda line: None,
                         spec.model)
     if spec.train is not None:
         compile_model(model, spec.train, spec.model)
@@ -109,7 +109,7 @@ def check_overfit(spec: Spec, examples: int = 16, epochs: int = 300, threshold: 
     model, splits = build_for_check(spec)
     check_labels(splits, output_units(model, spec.model.outputs))
     k = min(examples, len(splits.train))
-    subset = splits.train.take(np.arange(k))
+    subset = splits.train.sample(k)          # decoded, for a streamed split
     ds = make_dataset(subset, k, shuffle=False, seed=spec.seed)
     classification = [o for o in spec.model.outputs if splits.tasks.get(o) == "classification"]
 

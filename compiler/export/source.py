@@ -122,6 +122,7 @@ def _data_inputs(spec, model, n: int, notes: list[str]) -> tuple[list[np.ndarray
                        ("train split", splits.train)):
         if part is not None and len(part):
             break
+    part = part.sample(n)           # decoded, for a streamed split
     out = []
     for tensor in flat_inputs(model):
         array = part.x.get(tensor.name)

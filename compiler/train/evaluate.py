@@ -100,13 +100,26 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, verbose: bool 
         info = info_or_splits(loaded)
         from ..data import read_inputs
 
-        x = read_inputs(data, spec.model, info.get("feature_names") or {})
-        part, name = Arrays(x, read_targets(data, spec, info, len(next(iter(x.values()))))), os.path.basename(data)
+        if os.path.isdir(data) and len(spec.model.inputs) == 1 and len(spec.model.outputs) == 1:
+            from ..data.inputs import image_folder_split      # class sub-folders, streamed
+
+            names = (info.get("class_names") or {}).get(spec.model.outputs[0]) or []
+            one_hot = spec.data is not None and any(p.name == "one_hot" for p in spec.data.preprocess)
+            part = image_folder_split(data, spec.model, list(names), one_hot,
+                                      spec.data.on_bad_file if spec.data is not None else "error")
+            name = os.path.basename(data.rstrip("/"))
+        else:
+            x = read_inputs(data, spec.model, info.get("feature_names") or {})
+            part, name = (Arrays(x, read_targets(data, spec, info, len(next(iter(x.values()))))),
+                          os.path.basename(data))
     ds = make_dataset(part, batch, shuffle=False, seed=spec.seed, cache=False)
     try:
         metrics = loaded.model.evaluate(ds, verbose=0, return_dict=True)
     except Exception as exc:
         from ..build.errors import keras_message
+        from ..data.stream import explain_failure
+
+        explain_failure(ds)            # a streamed file that cannot be read: name it
 
         raise DataError(Diagnostic(f"cannot evaluate on {name}: {keras_message(exc)}")) from None
     metrics = {k: float(np.asarray(v).reshape(())) for k, v in metrics.items()}

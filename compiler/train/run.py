@@ -211,6 +211,8 @@ def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, 
     if splits is None:
         splits = load_splits(spec.data, spec.model, spec.seed)
     _write_data_info(run, splits, spec)
+    for note in splits.notes:
+        _say(verbose, note)
     if splits.validation is None and spec.train.monitor.startswith("val_"):
         monitor = spec.train.monitor.removeprefix("val_")
         _say(verbose, f"note: no validation split, so train.monitor {spec.train.monitor} falls back to {monitor}")
@@ -374,6 +376,8 @@ def _write_data_info(run: RunDir, splits, spec: Spec) -> None:
         "feature_names": splits.feature_names,
         "targets": splits.targets,
         "sizes": {name: len(part) for name, part in splits.splits().items()},
+        "notes": list(splits.notes),
+        "skipped": [{"file": f, "why": why} for f, why in splits.skipped],
     })
 
 
@@ -407,11 +411,11 @@ def _configure(spec: Spec, keras, tf):
 
 def _build(spec: Spec, splits, input_layers, log=print):
     from ..build import build_model, compile_model
-    from ..build.adapt import adapt_on_arrays
+    from ..build.adapt import adapt_on_split
 
     layers = input_layers(spec.data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
-    adapt_on_arrays(model, splits.train.x, spec.train.batch_size, log, spec.model)   # an in-model Normalization: {}
+    adapt_on_split(model, splits.train, spec.train.batch_size, log, spec.model)   # an in-model Normalization: {}
     check_phase_patterns(model, spec)
     compile_model(model, spec.train, spec.model)
     return model
@@ -602,6 +606,9 @@ def _fit(model, train_ds, val_ds, initial_epoch: int, epochs: int, callbacks, ke
                 recorder.flush()
         raise
     except Exception as exc:
+        from ..data.stream import explain_failure
+
+        explain_failure(train_ds, val_ds)      # a file that a streamed pipeline could not read: name it
         raise _training_error(exc, guard, run) from None
     if guard.failed is not None:
         epoch, batch, what = guard.failed
