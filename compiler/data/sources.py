@@ -15,10 +15,21 @@ import numpy as np
 
 from ..spec.types import DataSpec, ModelSpec
 from . import images, npmap, synthetic
-from .files import check_regular
 from .csvfile import encode_features, parse_column, read_csv
-from .table import (MAX_LABEL, LabelTooLarge, Table, assign, check_params, detect_task, did_you_mean,
-                    encode_labels, file_error, is_one_hot, source_error)
+from .files import check_regular
+from .table import (
+    MAX_LABEL,
+    LabelTooLarge,
+    Table,
+    assign,
+    check_params,
+    detect_task,
+    did_you_mean,
+    encode_labels,
+    file_error,
+    is_one_hot,
+    source_error,
+)
 
 SKLEARN = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 SKLEARN_REGRESSION = ("diabetes",)

@@ -112,7 +112,7 @@ def _hold_out(index: np.ndarray, count: int, labels: np.ndarray | None, seed: in
     if count == 0:
         return index, index[:0]
     if labels is not None:
-        from .stratify import train_test_split     # scikit-learn's split, without importing it
+        from .stratify import train_test_split  # scikit-learn's split, without importing it
 
         try:
             kept, held = train_test_split(index, test_size=count, stratify=labels[index],

@@ -186,15 +186,15 @@ def _hints(model, spec: Spec, lr: float | None, final: float, initial: float) ->
     if not math.isfinite(final):
         hints.append("the loss became NaN: lower the learning rate")
     elif final > 0.9 * initial:
-        hints.append(f"the loss hardly moved: try a 10x larger learning rate" + (f" (it is {_g(lr)})" if lr else ""))
+        hints.append("the loss hardly moved: try a 10x larger learning rate" + (f" (it is {_g(lr)})" if lr else ""))
     else:
         hints.append("it learns, but too slowly: train longer (--epochs) or raise the learning rate"
                      + (f" (it is {_g(lr)})" if lr else ""))
     hints.append("check the output layer matches the loss (softmax + sparse_categorical_crossentropy, "
                  "sigmoid + binary_crossentropy, linear + mse)")
-    dropout = [l.name for l in _layers(model) if "Dropout" in type(l).__name__ or "Noise" in type(l).__name__]
-    regularized = [l.name for l in _layers(model)
-                   if any(getattr(l, a, None) is not None for a in
+    dropout = [lay.name for lay in _layers(model) if "Dropout" in type(lay).__name__ or "Noise" in type(lay).__name__]
+    regularized = [lay.name for lay in _layers(model)
+                   if any(getattr(lay, a, None) is not None for a in
                           ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
                            "recurrent_regularizer", "embeddings_regularizer"))]
     if dropout or regularized:

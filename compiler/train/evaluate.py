@@ -101,7 +101,7 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, verbose: bool 
         from ..data import read_inputs
 
         if os.path.isdir(data) and len(spec.model.inputs) == 1 and len(spec.model.outputs) == 1:
-            from ..data.inputs import image_folder_split      # class sub-folders, streamed
+            from ..data.inputs import image_folder_split  # class sub-folders, streamed
 
             names = (info.get("class_names") or {}).get(spec.model.outputs[0]) or []
             one_hot = spec.data is not None and any(p.name == "one_hot" for p in spec.data.preprocess)

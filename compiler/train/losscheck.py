@@ -19,7 +19,7 @@ run.py runs it again on the built model, before the first epoch. No TensorFlow h
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
