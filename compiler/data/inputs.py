@@ -17,8 +17,8 @@ from ..spec.types import DataSpec, ModelSpec
 from .bind import bind
 from .csvfile import features_like, parse_column, read_csv
 from .files import check_regular
-from .images import problem
-from .sources import IMAGE_EXTENSIONS, check_member_size, image_format, load_image
+from .images import ImageReader, problem
+from .sources import COLOR_MODES, IMAGE_EXTENSIONS, check_member_size, image_format
 from .table import Table, did_you_mean, file_error
 
 
@@ -150,11 +150,17 @@ def _images(path: str, model: ModelSpec) -> np.ndarray:
             raise file_error(path, f"has no images ({', '.join(IMAGE_EXTENSIONS)})")
     else:
         files = [path]
+    reader = ImageReader(size, COLOR_MODES[mode][1])       # the decoder the streamed splits use
+    pixels = []
     for f in files:
         why = problem(f)
         if why is not None:
             raise file_error(f, why)
-    return np.stack([load_image(f, size, mode) for f in files])
+        try:
+            pixels.append(reader.read(f).astype(np.float32))
+        except Exception as exc:                          # tf.errors.InvalidArgumentError: a damaged file
+            raise file_error(f, f"cannot read image: {str(exc).splitlines()[0][:200]}") from None
+    return np.stack(pixels)
 
 
 def image_stream(path: str, model: ModelSpec, batch_size: int):
@@ -164,7 +170,6 @@ def image_stream(path: str, model: ModelSpec, batch_size: int):
         return None
     import tensorflow as tf
 
-    from .images import ImageReader
     from .sources import COLOR_MODES
 
     size, mode = image_format(None, tuple(model.inputs[0].shape))
@@ -186,7 +191,7 @@ def image_folder_split(path: str, model: ModelSpec, class_names: list[str], one_
                        on_bad_file: str = "error"):
     """`kspec evaluate RUN --data FOLDER`: a folder of class sub-folders, labelled by the training class
     names, as a streamed split (never decoded up front)."""
-    from .images import ImageReader, list_folder
+    from .images import list_folder
     from .sources import COLOR_MODES
     from .split import Arrays
     from .stream import CachePlan, Stream

@@ -34,7 +34,6 @@ from .table import (
 SKLEARN = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 SKLEARN_REGRESSION = ("diabetes",)
 IMAGE_EXTENSIONS, IMAGE_FORMATS = images.IMAGE_EXTENSIONS, images.IMAGE_FORMATS
-_IMAGE_HINT = "replace or remove the file: every file with an image extension in a class folder is read"
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
 DEFAULT_IMAGE_SIZE = (256, 256)     # keras.utils.image_dataset_from_directory's default
 CSV_PARAMS = ("path", "target", "features", "delimiter", "task", "header", "columns", "stream")
@@ -392,19 +391,4 @@ def image_format(data: DataSpec | None, shape: tuple) -> tuple[tuple[int, int], 
     return (int(size[0]), int(size[1])), mode
 
 
-def load_image(path: str, size: tuple[int, int], mode: str) -> np.ndarray:
-    """One image as float32 (height, width, channels), values 0..255, resized bilinearly."""
-    from PIL import Image, UnidentifiedImageError
 
-    try:
-        with Image.open(path) as img:
-            img = img.convert(COLOR_MODES[mode][0])
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.float32)
-    except UnidentifiedImageError:
-        raise file_error(path, f"cannot read image: not a {'/'.join(IMAGE_FORMATS)} file Pillow can read, "
-                         "or the file is damaged", hint=_IMAGE_HINT) from None
-    except OSError as exc:
-        raise file_error(path, f"cannot read image: {exc.strerror or exc}", hint=_IMAGE_HINT) from None
-    return array[..., None] if array.ndim == 2 else array
