@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := constraints.txt
 EXTRAS := test,onnx,serve,tune
 
-.PHONY: demo test test-fast test-latest lock fuzz schemas bench clean
+.PHONY: demo test lint test-fast test-latest lock fuzz schemas bench clean
 
 # The venv is installed from the lock: a fresh machine gets what CI tested, not whatever is newest.
 $(STAMP): pyproject.toml $(LOCK)
@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: $(STAMP)
 	$(BIN)/kspec train examples/iris_mlp.yaml    # a new runs/iris-mlp/TIME/ each time; the last line says where
 
-test: $(STAMP)
+# Lint and types first (seconds), then the whole suite on 2 processes.
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check compiler
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -53,6 +57,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/build_overhead.py
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/tune_overhead.py
+	$(BIN)/python bench/image_folder.py
+	$(BIN)/python bench/csv_stream.py
 	$(BIN)/python bench/serve_load.py
 
 clean:

@@ -18,12 +18,31 @@ from pathlib import Path
 from .errors import KspecError
 
 
-def _spec_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+def _spec_args(p: argparse.ArgumentParser, many: bool = False, trust: bool = False) -> None:
     p.add_argument("spec", nargs="+" if many else None, help="spec file(s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a value, e.g. --set train.epochs=5 (repeatable)")
+    _plugin_arg(p)
+    if trust:
+        _trust_arg(p)
+
+
+def _plugin_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import a Python module of registered Keras layers that the spec may use")
+                   help="import a Python module of registered Keras layers that the spec may use (repeatable; "
+                        "a spec's `plugins:` only declares them: nothing is imported unless named here)")
+
+
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust", action="append", default=[], metavar="PATH",
+                   help="load this model file (or run directory) with Keras safe mode off, so a Lambda, TFSMLayer "
+                        "or vocabulary file in it may load: only for files you trust (repeatable)")
+
+
+def _trust(args) -> None:
+    from .trust import trust_files
+
+    trust_files(getattr(args, "trust", None) or ())
 
 
 def _load_spec(args, path: str | None = None):
@@ -75,6 +94,19 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def _run_plugins(args) -> None:
+    """For commands that read a run directory: import the --plugin modules, and only those (never the
+    `plugins:` its spec.yaml declares: that is checked against them, as for any spec). Then TensorFlow."""
+    _load_plugins(args.plugin)
+    from .registry import require_declared_plugins
+    from .rundir import SPEC
+
+    spec = Path(args.run) / SPEC
+    if spec.is_file():
+        require_declared_plugins(spec)            # before TensorFlow unless --plugin already imported it
+    import_tensorflow()
+
+
 def _load_plugins(names) -> None:
     """Import the `--plugin` modules BEFORE the spec is read, so its layer names resolve and validate.
 
@@ -88,6 +120,11 @@ def _load_plugins(names) -> None:
 
 
 def cmd_build(args) -> int:
+    if args.output:
+        from .rundir import check_model_output
+
+        check_model_output(Path(args.output), [args.spec])    # never onto the spec, nor a file kspec did not write
+    _trust(args)
     spec = _load_spec(args)
     import_tensorflow()
     import keras
@@ -101,14 +138,15 @@ def cmd_build(args) -> int:
     out_dir = Path(args.output).parent if args.output else None
     print(describe(model, out_dir, Path(args.output).stem if args.output else "model"))
     if args.output:
-        from .train.rundir import atomic_save_model
+        from .rundir import atomic_save_model
 
-        atomic_save_model(model, Path(args.output))
+        atomic_save_model(model, Path(args.output), written_by="kspec build")
         print(f"saved the compiled, untrained model to {args.output}")
     return 0
 
 
 def cmd_train(args) -> int:
+    _trust(args)
     spec = _load_spec(args)
     workers = args.workers
     several = (workers is not None and workers > 1) or args.cluster is not None or args.worker_index is not None
@@ -138,6 +176,9 @@ def cmd_train(args) -> int:
         from .data import load_splits
 
         splits = load_splits(spec.data, spec.model, spec.seed)     # bad data fails before TensorFlow loads
+        from .train.losscheck import check_losses, spec_output_units
+
+        check_losses(spec, splits, spec_output_units(spec))   # a loss that cannot fit: before TensorFlow too
     import_tensorflow()
     from .train import train
 
@@ -152,6 +193,8 @@ def _worker_args(args) -> list[str]:
         out += ["--set", value]
     for name in args.plugin:
         out += ["--plugin", name]
+    for path in args.trust:
+        out += ["--trust", path]
     if args.run_dir:
         out += ["--run-dir", args.run_dir]
     if args.resume:
@@ -170,6 +213,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_check(args) -> int:
+    _trust(args)
     spec = _load_spec(args)
     import_tensorflow()
     overfit = args.overfit
@@ -222,7 +266,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import_tensorflow()
+    _trust(args)
+    _run_plugins(args)
     from .train.evaluate import evaluate_run
 
     evaluate_run(args.run, data=args.data)
@@ -230,7 +275,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import_tensorflow()
+    _trust(args)
+    _run_plugins(args)
     from .train.predict import predict_run
 
     predict_run(args.run, args.input, output=args.output)
@@ -238,7 +284,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import_tensorflow()
+    _trust(args)
+    _run_plugins(args)
     from .export import export_run
 
     export_run(args.run, args.format, args.output)
@@ -316,12 +363,12 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     s = sub.add_parser("build", help="compile the model; print its summary; -o saves it untrained")
-    _spec_args(s)
+    _spec_args(s, trust=True)
     s.add_argument("-o", "--output", metavar="MODEL.keras", help="save the compiled, untrained model")
     s.set_defaults(func=cmd_build)
 
     s = sub.add_parser("train", help="build, train, evaluate and save a run directory")
-    _spec_args(s)
+    _spec_args(s, trust=True)
     s.add_argument("--run-dir", metavar="DIR", help="run directory (default: runs/NAME/TIMESTAMP)")
     s.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     s.add_argument("--workers", type=int, default=1, metavar="N",
@@ -347,7 +394,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="debug a spec: can the model memorise a few examples (--overfit K); "
                                      "are its custom layers' gradients right (--gradients)")
-    _spec_args(s)
+    _spec_args(s, trust=True)
     s.add_argument("--overfit", type=int, nargs="?", const=16, default=None, metavar="K",
                    help="train on K training examples (default 16) until memorised; exit 1 if it cannot "
                         "(the default check when no other is named)")
@@ -365,18 +412,24 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="metrics of a saved run on its test split or other data")
     s.add_argument("run", help="run directory")
     s.add_argument("--data", metavar="SPEC_OR_FILE", help="evaluate on another data source (CSV/NPZ file)")
+    _plugin_arg(s)
+    _trust_arg(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("predict", help="predictions of a saved run for a file of inputs")
     s.add_argument("run", help="run directory")
     s.add_argument("input", help="CSV or NPZ file of inputs")
     s.add_argument("-o", "--output", metavar="FILE", help="write predictions here (.csv or .npz; default: stdout CSV)")
+    _plugin_arg(s)
+    _trust_arg(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("export", help="export a run's model: keras, saved_model, tflite or onnx")
     s.add_argument("run", help="run directory")
     s.add_argument("--format", required=True, choices=("keras", "saved_model", "tflite", "onnx"))
     s.add_argument("-o", "--output", required=True, metavar="PATH")
+    _plugin_arg(s)
+    _trust_arg(s)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="serve a run over HTTP: TF Serving's REST API, /predict, and a page to try it")
@@ -433,9 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     except KspecError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:   # SIGINT, or SIGTERM during training (compiler/train/interrupt.py)
         print("kspec: interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug in kspec, not a user error: say so, briefly

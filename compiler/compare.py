@@ -24,9 +24,8 @@ from typing import Any, Sequence
 
 from .diagnose.curves import HistoryError, read_history_columns
 from .errors import Diagnostic
+from .rundir import HISTORY, METRICS
 
-HISTORY = "history.csv"
-METRICS = "metrics.json"
 NOT_CURVES = ("epoch", "epoch_seconds", "learning_rate")
 
 

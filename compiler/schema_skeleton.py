@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .data.images import ON_BAD_FILE
+from .data.stream import CACHE_MODES
 from .tune.space import schema as search_schema
 
 DRAFT7 = "http://json-schema.org/draft-07/schema#"
@@ -91,9 +93,17 @@ def _data(layer_names: list[str]) -> dict:
         _one_key("csv", {"type": "string", "description": "Path of the CSV file (relative to the spec)."},
                  "A CSV file with a header row: `{csv: data.csv, target: y}`.",
                  target={"description": "The target column(s).", **_STRS},
-                 features={"description": "The feature columns (default: all but the target).",
-                           "type": "array", "items": _STR},
+                 features={"description": "The feature columns (default: all but the target), or model input "
+                                          "-> columns for several inputs (streamed files).",
+                           "anyOf": [{"type": "array", "items": _STR},
+                                     {"type": "object", "additionalProperties": {"type": "array", "items": _STR}}]},
                  delimiter={"type": "string", "description": "Field separator (default `,`)."},
+                 header=_bool("The first line names the columns (default true)."),
+                 columns={"description": "Column names of a file without a header row (`header: false`).",
+                          "type": "array", "items": _STR, "minItems": 1, "uniqueItems": True},
+                 stream={"description": "Stream the file through tf.data instead of reading it into memory "
+                                        "(`auto`: files over 256 MB).",
+                         "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
                  task=_TASK),
         _one_key("npz", {"type": "string", "description": "Path of the .npz file (relative to the spec)."},
                  "A NumPy .npz archive with arrays `x` and `y` (or other keys).",
@@ -101,12 +111,31 @@ def _data(layer_names: list[str]) -> dict:
                     "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
                  y={"description": "The target array key, or output name -> key for several outputs.",
                     "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
+                 stream={"description": "Memory-map the input arrays (np.savez, uncompressed) instead of reading "
+                                        "them into memory (`auto`: archives over 256 MB).",
+                         "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
                  task=_TASK),
-        _one_key("images", {"type": "string", "description": "A folder with one sub-folder per class."},
-                 "Image files, one sub-folder per class: `{images: photos/, size: [160, 160]}`.",
+        _one_key("images", {"type": "string", "description": "A folder with one sub-folder per class, or a "
+                                                             "manifest CSV with a `path` and a label column."},
+                 "Image files, streamed from disk, one sub-folder per class: `{images: photos/, size: [160, 160]}`.",
+                 target={"type": "string", "description": "The label column of a manifest CSV (default `label`)."},
+                 delimiter={"type": "string", "description": "Field separator of a manifest CSV (default `,`)."},
                  size={"description": "[height, width] the images are resized to.", "type": "array",
                        "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
                  color_mode={"enum": ["rgb", "grayscale", "rgba"]}),
+        _one_key("tfrecord", {"type": "string", "description": "A TFRecord file or a glob of shards (relative to "
+                                                               "the spec)."},
+                 "tf.train.Example records, streamed: `{tfrecord: shards/*.tfrecord, features: {...}, x: F, y: F}`.",
+                 features={"description": "The feature description: name -> {dtype: float32|int64|string, "
+                                          "shape: [...]}.", "type": "object",
+                           "additionalProperties": _obj({"dtype": {"enum": ["float32", "int64", "string"]},
+                                                         "shape": {"type": "array",
+                                                                   "items": {"type": "integer", "minimum": 1}}})},
+                 x={"description": "The input feature, or input name -> feature.",
+                    "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
+                 y={"description": "The target feature, or output name -> feature.",
+                    "anyOf": [_STR, {"type": "object", "additionalProperties": _STR}]},
+                 task=_TASK),
         {"type": "object", "description": "A classic toy problem: `{synthetic: parity, bits: 8}`; "
                                           "other keys are the problem's parameters.",
          "properties": {"synthetic": {"enum": list(GENERATORS)}},
@@ -133,6 +162,14 @@ def _data(layer_names: list[str]) -> dict:
                                "them), numbered 0..k-1 in this order: `[5, 6, 7, 8, 9]`.",
                     "type": "array", "minItems": 1, "uniqueItems": True,
                     "items": {"type": ["string", "integer", "boolean"]}},
+        "cache": {"description": "Streamed sources: keep the decoded examples after the first epoch "
+                                 "(`auto`: in memory when they fit comfortably), or `{disk: DIR}`, "
+                                 "reused by later runs of the same spec.",
+                  "anyOf": [{"enum": list(CACHE_MODES)},
+                            _obj({"disk": {"type": "string", "description": "An existing folder."}},
+                                 required=("disk",))]},
+        "on_bad_file": {"description": "An unreadable image file: stop with an error naming it, or leave it out "
+                                       "(counted and listed in the run's data.json).", "enum": list(ON_BAD_FILE)},
         "preprocess": {"description": "Steps applied to the inputs, in order (statistics from the training "
                                       "split only): standardize, log1p, one_hot, `{rescale: {scale: ...}}`.",
                        "type": "array", "items": preprocess_item},
@@ -165,6 +202,13 @@ def _model() -> dict:
         "layers": {"$ref": "#/definitions/layer_list"},
         "outputs": {"description": "The output node name(s) (default: the last node).", **_STRS},
     }, required=("inputs", "layers"), description="The model graph.")
+
+
+def _train_default(name: str):
+    """A default of the typed spec (one source of truth: compiler/spec/types.py)."""
+    from .spec.types import TrainSpec, default
+
+    return default(TrainSpec, name)
 
 
 def _with_defaults(schema: dict) -> dict:
@@ -220,7 +264,9 @@ def _train() -> dict:
         "monitor": {"type": "string", "description": "The metric that picks the best epoch (default val_loss)."},
         "deterministic": _bool("Seed everything and use deterministic ops (slower)."),
         "mixed_precision": {"description": "Mixed precision: `auto` (default) is mixed_float16 on GPUs of compute "
-                                           "capability 7.0+ and none (float32) elsewhere; the outputs stay float32.",
+                                           "capability 7.0+, mixed_bfloat16 on CPUs with AMX-BF16 or AVX512-BF16 "
+                                           "for classifiers with Conv layers, and none (float32) elsewhere; the "
+                                           "outputs stay float32.",
                             "enum": [None, "none", "mixed_float16", "mixed_bfloat16", "auto"]},
         "jit_compile": {"description": "XLA compilation: `auto` (default) lets Keras use it on a GPU when the "
                                        "model supports it; off on a CPU.",
@@ -234,6 +280,11 @@ def _train() -> dict:
                                          "(`auto`, the default, is true).",
                           "anyOf": [{"type": "boolean"}, {"const": "auto"}]},
         "steps_per_execution": _int("Batches per compiled step."),
+        "checkpoint": _obj({"every_seconds": _num(
+            "Save a checkpoint at the end of an epoch when this many seconds passed since the last one "
+            f"(default {_train_default('checkpoint_every_seconds'):g}; 0: every epoch); always at the end of "
+            "a phase and on SIGTERM/SIGINT.", minimum=0, maximum=1e9)},
+            description="When checkpoints/last.keras is written (see README, Checkpoints)."),
         "ensemble": _int("Train this many models and average their predictions."),
         "diagnostics": {"type": "object", "description": "Training diagnostics.",
                         "properties": {"update_ratio": _bool("Log |update| / |weights| per layer (about 1e-3 is healthy)."),
@@ -291,7 +342,8 @@ def _backbone() -> dict:
                                      "(re.search) of layer names to unfreeze.", "type": ["boolean", "string"]},
         "preprocess": _bool("Apply the application's own input preprocessing (raw 0..255 pixels in)."),
         "alpha": _num("Width multiplier (MobileNet).", exclusiveMinimum=0),
-        "safe_mode": _bool("Refuse to load a .keras file that would run code (default true)."),
+        "safe_mode": _bool("Always on: a spec cannot turn Keras safe mode off; trust a file with `--trust PATH` "
+                           "on the command line."),
     }, description="A pretrained network as a layer: `{application: MobileNetV2, weights: imagenet}`.")
     schema["allOf"] = [
         {"not": {"required": ["application", "from"], "description": one_source + ", not both"}},

@@ -237,12 +237,19 @@ def test_cut_at(tmp_path):
     assert model.output.shape == (None, cut[-1])                # pooled after the cut
 
 
-def test_lambda_model_needs_safe_mode_false(tmp_path):
+def test_lambda_model_needs_trust_from_the_command_line(tmp_path):
+    from compiler import trust
+
     base = small_model(lambda_layer=True)
     base.save(tmp_path / "lambda.keras")
     text = error(tmp_path, shape=(8, 8, 3), **{"from": "lambda.keras"})
-    assert "Lambda" in text and "safe_mode: false" in text
-    model = build(tmp_path, shape=(8, 8, 3), safe_mode=False, **{"from": "lambda.keras"})
+    assert "a Lambda layer 'double'" in text and f"--trust {tmp_path / 'lambda.keras'}" in text
+    assert "safe_mode: false" not in text                      # never a spec line (issue 13)
+    trust.trust_files([tmp_path / "lambda.keras"])
+    try:
+        model = build(tmp_path, shape=(8, 8, 3), **{"from": "lambda.keras"})
+    finally:
+        trust.clear()
     data = rng.standard_normal((2, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(run(model.get_layer("backbone"), data),
                                run(base, data), rtol=1e-5)

@@ -6,7 +6,7 @@ server that imported TensorFlow once (tests/kspec_procs.py; KSPEC_TEST_FORK=0 ru
 RLIMIT_FSIZE set by `preexec_fn`. The scenarios run concurrently in a module fixture, which
 copies the run directory right after every kill; the tests then inspect those copies:
 
-- write windows: `KSPEC_CRASH_AT=NAME:N` (a test-only hook in compiler/train/rundir.py) makes
+- write windows: `KSPEC_CRASH_AT=NAME:N` (a test-only hook in compiler/rundir.py) makes
   the process SIGKILL itself the N-th time the file NAME is complete in its temporary file but
   not yet moved into place. One run is killed that way at history.csv, checkpoints/last.keras,
   checkpoints/state.json, checkpoints/best.keras, the final model.keras, metrics.json and the
@@ -71,6 +71,7 @@ train:
   metrics: [accuracy]
   batch_size: 8
   epochs: %(epochs)d
+  checkpoint: {every_seconds: 0}     # every epoch: these tests kill between epoch checkpoints
 """
 
 EPOCHS = 12
@@ -228,7 +229,7 @@ def load(path: Path):
 
 def check_consistent(run: Path) -> dict:
     """Every artifact present is whole, and the checkpoint, state.json and history.csv agree."""
-    from compiler.train.rundir import read_embedded_state
+    from compiler.rundir import read_embedded_state
 
     for name in ("spec.yaml",):
         if (run / name).exists():
@@ -335,7 +336,7 @@ def test_full_disk_before_training_is_a_clear_error(scenarios):
 
 
 def test_full_disk_during_training_keeps_the_last_checkpoint(scenarios):
-    from compiler.train.rundir import read_embedded_state
+    from compiler.rundir import read_embedded_state
 
     disk = scenarios["disk"]
     failed, copy = disk["failed"], disk["copy"]
@@ -352,7 +353,7 @@ def test_full_disk_during_training_keeps_the_last_checkpoint(scenarios):
 # -- in-process checks of the run directory's own guards (no training) ------------------------
 
 def test_run_dir_under_a_file_is_refused(tmp_path):
-    from compiler.train.rundir import RunDirError, claim
+    from compiler.rundir import RunDirError, claim
 
     blocker = tmp_path / "notes.txt"
     blocker.write_text("mine")
@@ -366,7 +367,7 @@ def test_run_dir_under_a_file_is_refused(tmp_path):
 def test_full_disk_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     import shutil as shutil_module
 
-    from compiler.train.rundir import RunDirError, claim
+    from compiler.rundir import RunDirError, claim
 
     usage = shutil_module.disk_usage(tmp_path)
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=4096))
@@ -376,7 +377,7 @@ def test_full_disk_is_refused_before_anything_is_written(tmp_path, monkeypatch):
 
 
 def test_failed_atomic_write_keeps_the_old_file(tmp_path):
-    from compiler.train.rundir import WriteError, atomic_write_bytes
+    from compiler.rundir import WriteError, atomic_write_bytes
 
     target = tmp_path / "history.csv"
     target.write_text("epoch\n0\n")
@@ -399,20 +400,23 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
 
 
 def test_resume_removes_only_half_written_files(tmp_path):
-    from compiler.train.rundir import claim
+    from compiler.rundir import claim
 
     run = tmp_path / "run"
+    claim(run, resume=False).release()                              # a kspec run (its marker)
     (run / "checkpoints").mkdir(parents=True)
     (run / "spec.yaml").write_text("kspec: 1\n")
-    leftovers = [run / "checkpoints" / ".last.keras.k2j3h4g5.tmp.keras", run / ".metrics.json.a1b2c3d4.tmp",
-                 run / "checkpoints" / "tmpq8w7e6r5"]                # Keras's NamedTemporaryFile
-    for path in leftovers:
+    leftovers = [run / "checkpoints" / ".last.keras.kspec.tmp.keras", run / ".metrics.json.kspec.tmp",
+                 run / "checkpoints" / "tmpq8w7e6r5"]                # Keras's NamedTemporaryFile (empty)
+    for path in leftovers[:2]:
         path.write_bytes(b"half")
+    leftovers[2].write_bytes(b"")
     (run / "checkpoints" / "tmpz9x8c7v6").mkdir()                   # Keras's extraction folder
     (run / "checkpoints" / "tmpz9x8c7v6" / "model.weights.h5").write_bytes(b"half")
-    kept = [run / "notes.txt", run / "tmp_notes.txt", run / ".hidden", run / "checkpoints" / "last.keras"]
+    kept = [run / "notes.txt", run / "tmp_notes.txt", run / ".hidden", run / "checkpoints" / "last.keras",
+            run / ".notes.txt.a1b2c3d4.tmp", run / "checkpoints" / "tmpabcdefgh"]   # not kspec's exact names
     for path in kept:
         path.write_text("mine")
-    claim(run, resume=True)
+    claim(run, resume=True).release()
     assert all(p.exists() for p in kept)
     assert not any(p.exists() for p in leftovers) and not (run / "checkpoints" / "tmpz9x8c7v6").exists()

@@ -141,11 +141,11 @@ def _write_images(root, size=(10, 12), classes=("cat", "dog"), per_class=3):
 def test_images_source_resizes_to_model_input(tmp_path):
     _write_images(tmp_path / "imgs")
     s = load_splits(spec("images", {"path": str(tmp_path / "imgs")}), model({"img": (8, 8, 3)}), 0)
-    assert s.train.x["img"].shape == (6, 8, 8, 3) and s.class_names["y"] == ["cat", "dog"]
+    assert s.train.sample(10).x["img"].shape == (6, 8, 8, 3) and s.class_names["y"] == ["cat", "dog"]
     assert sorted(s.train.y["y"].tolist()) == [0, 0, 0, 1, 1, 1]
     s = load_splits(spec("images", {"path": str(tmp_path / "imgs"), "size": [4, 5], "color_mode": "grayscale"}),
                     model({"img": (None, None, 1)}), 0)
-    assert s.train.x["img"].shape == (6, 4, 5, 1)
+    assert s.train.sample(6).x["img"].shape == (6, 4, 5, 1)
 
 
 def test_synthetic_line():

@@ -223,7 +223,7 @@ def test_bad_destinations(runs, tmp_path):
         export_run(runs["conv2d"], "keras", tmp_path / "model.h5", verbose=False)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("mine")
-    with pytest.raises(ExportError, match="neither empty nor a SavedModel"):
+    with pytest.raises(ExportError, match="a directory that kspec did not export"):
         export_run(runs["conv2d"], "saved_model", tmp_path / "notes", verbose=False)
     with pytest.raises(ExportError, match="is a directory; give a file name"):
         export_run(runs["conv2d"], "tflite", tmp_path / "notes", verbose=False)

@@ -44,6 +44,7 @@ train:
   metrics: [accuracy]
   batch_size: 64
   epochs: %(epochs)d
+  checkpoint: {every_seconds: 0}     # every epoch: these tests kill between epoch checkpoints
   callbacks:
     - ReduceLROnPlateau: {factor: 0.5, patience: 3}
 %(phases)s"""

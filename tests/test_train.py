@@ -375,7 +375,7 @@ def test_epoch_guard_catches_nan_weights_behind_a_finite_loss():
 def test_atomic_writes_leave_no_temporaries(tmp_path):
     import keras
 
-    from compiler.train.rundir import (atomic_save_model, atomic_write_json, atomic_write_text,
+    from compiler.rundir import (atomic_save_model, atomic_write_json, atomic_write_text,
                                        read_embedded_state)
 
     atomic_write_text(tmp_path / "a.txt", "one")
@@ -392,14 +392,21 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
 
 
 def test_claim_refuses_earlier_runs_and_undoes_a_failed_fresh_claim(tmp_path):
-    from compiler.train.rundir import RunDirError, claim, discard
+    from compiler.rundir import RunDirError, claim, discard
+
+    from compiler.rundir import atomic_write_text
 
     run = claim(tmp_path / "new" / "run", resume=False)
-    (run.path / "spec.yaml").write_text("kspec: 1\n")
+    atomic_write_text(run.path / "spec.yaml", "kspec: 1\n")
     with pytest.raises(RunDirError, match="holds an earlier run") as info:
         claim(run.path, resume=False)
     assert info.value.exit_code == 2
-    assert claim(run.path, resume=True).path == run.path
+    with pytest.raises(RunDirError, match="in use by another kspec process"):
+        claim(run.path, resume=True)    # locked by `run`
+    run.release()
+    again = claim(run.path, resume=True)
+    assert again.path == run.path
+    again.release()
     discard(run)                        # a spec error before training: nothing is left behind
     assert not (tmp_path / "new").exists()
 

@@ -237,7 +237,7 @@ def test_kill_9_of_a_trial_and_of_the_tuner_then_resume(tmp_path):
     epochs = 40
     spec = write(tmp_path, "k.yaml", "  objective: {metric: val_accuracy}\n  trials: 2\n  parameters:\n"
                                      "    train.optimizer.SGD.learning_rate: {choice: [0.1, 0.2]}\n",
-                 extra=f"train: {{epochs: {epochs}}}\n")
+                 extra=f"train: {{epochs: {epochs}, checkpoint: {{every_seconds: 0}}}}\n")   # a checkpoint per epoch: the test kills between them
     study = tmp_path / "runs" / "k-study"
     run = study / "trials" / "000"
     tuner = start("tune", spec, cwd=tmp_path)
@@ -342,7 +342,7 @@ def test_a_stale_trial_of_a_dead_tuner_is_taken_over_by_its_heartbeat(tmp_path):
     epochs = 30
     spec = write(tmp_path, "h.yaml", "  objective: {metric: val_accuracy}\n  trials: 1\n  parameters:\n"
                                      "    train.optimizer.SGD.learning_rate: {choice: [0.1]}\n",
-                 extra=f"train: {{epochs: {epochs}}}\n")
+                 extra=f"train: {{epochs: {epochs}, checkpoint: {{every_seconds: 0}}}}\n")   # a checkpoint per epoch: the test kills between them
     run = tmp_path / "runs" / "h-study" / "trials" / "000"
     tuner = start("tune", spec, cwd=tmp_path, env={**ENV, "KSPEC_TUNE_HEARTBEAT_S": "1"})
     try:

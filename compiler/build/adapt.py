@@ -73,6 +73,19 @@ def adapt_on_arrays(model: keras.Model, x: dict, batch_size: int, log: Callable[
     return adapt_layers(model, tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size), log, spec_model)
 
 
+def adapt_on_split(model: keras.Model, train, batch_size: int, log: Callable[[str], Any] = print,
+                   spec_model: ModelSpec | None = None) -> list[str]:
+    """`adapt_on_arrays` for any training split: in-memory Arrays, or a streamed split (files read by
+    tf.data), whose inputs `compiler.data.input_dataset` gives as a batched dataset."""
+    if hasattr(train, "x"):
+        return adapt_on_arrays(model, train.x, batch_size, log, spec_model)
+    if not any(needs_adapting(layer) for layer in model.layers):
+        return []
+    from ..data import input_dataset
+
+    return adapt_layers(model, input_dataset(train, batch_size), log, spec_model)
+
+
 def _stream_into(model: keras.Model, layer, dataset):
     """`dataset` mapped to the tensor that reaches `layer` (through a sub-model of `model`)."""
     import tensorflow as tf

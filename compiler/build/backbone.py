@@ -11,8 +11,10 @@ A Backbone has exactly one source:
   file; `include_top`, `pooling` and, where the application takes it, `alpha`.
 - `from`: a `.keras` file, or the run directory of an earlier `kspec train`
   (it holds `model.keras`; `runs/NAME/latest` is the newest run of NAME);
-  loaded with `safe_mode` (default true: a model with a Lambda layer is refused
-  unless the spec says `safe_mode: false`).
+  loaded with Keras safe mode on: a model with a Lambda layer, a TFSMLayer or a
+  lookup layer reading a file is refused (the message says which), unless the
+  person running the command trusts the file with `--trust PATH`; a spec's
+  `safe_mode: false` is an error at validate (compiler/spec/safety.py).
 
 Then `cut_at` keeps the network up to that layer's output, `pooling` (for a
 `from` model or a cut one) adds global pooling after it, `preprocess: true`
@@ -47,9 +49,11 @@ from typing import Any, Mapping
 import keras
 
 from .. import registry
-from ..keras_compat import model_nodes, producer
 from ..errors import Diagnostic, SpecError
+from ..keras_compat import model_nodes, producer
 from ..registry import UnknownComponent
+from ..rundir import LATEST
+from ..rundir import MODEL as RUN_MODEL
 from ..spec.types import NodeSpec, relative_to
 from ..suggest import did_you_mean, suggest
 from .errors import keras_message, shape_text
@@ -58,8 +62,6 @@ OPTIONS = ("application", "from", "weights", "include_top", "pooling", "cut_at",
            "preprocess", "alpha", "safe_mode")
 APPLICATION_ONLY = ("weights", "include_top", "alpha", "preprocess")
 POOLING = {"avg": "GlobalAveragePooling", "max": "GlobalMaxPooling"}
-RUN_MODEL = "model.keras"          # the model file of a `kspec train` run directory
-LATEST = "latest"                  # `from: runs/NAME/latest`: the newest run of NAME
 
 
 def apply_backbone(node: NodeSpec, tensor) -> tuple[keras.Model, Any]:
@@ -305,8 +307,8 @@ def _latest_run(node: NodeSpec, path: Path) -> Path:
     if not runs:
         where = "holds no finished run (no */model.keras)" if parent.is_dir() else "does not exist"
         raise _error(node, f"Backbone '{node.name}': `{LATEST}` is the newest run in {parent}, which {where}",
-                     key="from", hint=f"train the model this Backbone reuses first: `kspec train` writes "
-                                      f"runs/NAME/TIME/ under the working directory")
+                     key="from", hint="train the model this Backbone reuses first: `kspec train` writes "
+                                      "runs/NAME/TIME/ under the working directory")
     return runs[-1]
 
 
@@ -327,17 +329,20 @@ def _load(node: NodeSpec, args: dict) -> keras.Model:
             raise _error(node, f"Backbone '{node.name}': the directory {path} is not a run directory: it "
                                f"has no {RUN_MODEL}", key="from", hint=hint)
         path = model_file
-    safe_mode = bool(args.get("safe_mode", True))
+    from .. import trust
+
+    # Trust comes from the command line only (`--trust PATH`); a spec cannot turn safe mode off
+    # (compiler/spec/safety.py refuses `safe_mode: false` at validate).
+    safe_mode = trust.safe_mode_for(path)
     import compiler.layers  # noqa: F401  (registers kspec's own layers for loading)
 
     try:
         model = keras.saving.load_model(str(path), compile=False, safe_mode=safe_mode)
     except Exception as exc:
         text = str(exc)
-        if "safe_mode" in text or "unsafe" in text.lower():
-            raise _error(node, f"Backbone '{node.name}': {path} contains a Lambda layer (Python code), which "
-                               f"safe mode refuses to load: loading it would run that code", key="from",
-                         hint="if you trust this file, opt in with `safe_mode: false` on this Backbone") from None
+        if trust.is_safe_mode_refusal(exc):
+            refusal = trust.refused(path, text, f"Backbone '{node.name}': ")
+            raise _error(node, refusal.message, key="from", hint=refusal.hint) from None
         hint = ""
         if "Could not locate" in text or "Unknown layer" in text or "not found" in text.lower():
             hint = "a layer of a plugin module: load the plugin (--plugin MODULE) that defines it"

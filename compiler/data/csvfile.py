@@ -24,9 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
+from .files import read_bytes
 from .table import did_you_mean, file_error
 
 MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
+MAX_BYTES = 2 * 2 ** 30          # a CSV read into memory; bigger data belongs in .npy / TFRecord files
+# A text column is one-hot encoded, one feature per category: a unique id column of 40,000 rows
+# would become 40,000 x 40,000 floats. More categories than this is an error naming the column.
+MAX_CATEGORIES = 1000
 _MISSING_HINT = "missing values are not allowed; fill or drop them"
 
 
@@ -63,17 +68,27 @@ class CsvFile:
         return file_error(self.path, message, line=line, col=char, hint=hint)
 
 
-def read_csv(path: str, delimiter: str = ",") -> CsvFile:
-    """Parse a CSV file with a header row; blank lines are skipped."""
+def read_csv(path: str, delimiter: str = ",", header_row: bool = True,
+             columns: list[str] | None = None) -> CsvFile:
+    """Parse a CSV file with a header row (or `header_row=False` and the column names in `columns`);
+    blank lines are skipped. Only a regular file is read (not /dev/zero, not a FIFO), at most MAX_BYTES."""
+    raw = read_bytes(path, "CSV file", limit=MAX_BYTES + 1)
+    if len(raw) > MAX_BYTES:
+        raise file_error(path, f"CSV file is larger than {MAX_BYTES // 2 ** 20:,} MB, the most kspec reads "
+                         "into memory", hint="store large data sets as .npy / .npz files or TFRecord shards")
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            text = fh.read()
-    except FileNotFoundError:
-        raise file_error(path, "CSV file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise file_error(path, f"cannot read CSV file: {exc}") from None
+    del raw
+    return parse_csv_text(path, text, delimiter, header_row, columns)
+
+
+def parse_csv_text(path: str, text: str, delimiter: str = ",", header_row: bool = True,
+                   columns: list[str] | None = None) -> CsvFile:
+    """`read_csv` on text already read (the first rows of a streamed file); errors name `path`."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header: list[str] | None = None
+    header: list[str] | None = None if header_row else list(columns or [])
     rows, lines = [], []
     start = 1
     try:
@@ -83,7 +98,11 @@ def read_csv(path: str, delimiter: str = ",") -> CsvFile:
             if not any(cells):
                 continue
             if header is None:
-                header = _check_header(path, cells)
+                header = _check_header(path, cells, delimiter)
+            elif not header:           # header: false without column names: column_1, column_2, ...
+                header = [f"column_{j + 1}" for j in range(len(cells))]
+                rows.append(cells)
+                lines.append(line)
             elif len(cells) != len(header):
                 raise file_error(path, f"line {line} has {len(cells)} field{'s' * (len(cells) != 1)} but the "
                                  f"header has {len(header)}", line=line, col=1,
@@ -99,7 +118,14 @@ def read_csv(path: str, delimiter: str = ",") -> CsvFile:
     return CsvFile(path, header, rows, lines, text.splitlines(), delimiter)
 
 
-def _check_header(path: str, cells: list[str]) -> list[str]:
+def _check_header(path: str, cells: list[str], delimiter: str = ",") -> list[str]:
+    if len(cells) == 1:
+        other = next((d for d in (";", "\t", "|", ",") if d != delimiter and d in cells[0]), None)
+        if other is not None:
+            shown = {"\t": "\\t"}.get(other, other)
+            raise file_error(path, f"the header is a single column {cells[0][:60]!r}: the file looks "
+                             f"separated by {shown!r}, not {delimiter!r}", line=1, col=1,
+                             hint=f'add `delimiter: "{shown}"` to data.source')
     for j, name in enumerate(cells):
         if not name:
             raise file_error(path, f"column {j + 1} of the header has no name", line=1, col=1)
@@ -146,6 +172,12 @@ def encode_features(f: CsvFile, columns: list[str]) -> tuple[np.ndarray, list[st
         values = parse_column(f, column)
         if values.dtype.kind == "U":
             categories = sorted(set(values.tolist()))
+            if len(categories) > MAX_CATEGORIES:
+                raise file_error(f.path, f"column {column!r} of {f.name} is text with {len(categories):,} distinct "
+                                 f"values in {len(values):,} rows; kspec one-hot encodes a text column, one "
+                                 f"feature per value, and takes at most {MAX_CATEGORIES:,}", line=1, col=1,
+                                 hint="leave the column out with `features: [...]` (an id column carries no "
+                                      "signal), or encode it as numbers")
             blocks.append((values[:, None] == np.array(categories)[None, :]).astype(np.float32))
             names += [f"{column}={c}" for c in categories]
         else:

@@ -16,7 +16,9 @@ import numpy as np
 from ..spec.types import DataSpec, ModelSpec
 from .bind import bind
 from .csvfile import features_like, parse_column, read_csv
-from .sources import IMAGE_EXTENSIONS, image_format, load_image
+from .files import check_regular
+from .images import problem
+from .sources import IMAGE_EXTENSIONS, check_member_size, image_format, load_image
 from .table import Table, did_you_mean, file_error
 
 
@@ -57,6 +59,7 @@ def _fit_flat(array: np.ndarray, shape: tuple) -> np.ndarray:
 
 
 def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
+    check_regular(path, "input file")
     try:
         with np.load(path, allow_pickle=False) as archive:
             present = list(archive.files)
@@ -69,7 +72,13 @@ def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
                 if key is None:
                     raise file_error(path, f"{os.path.basename(path)} has no array for input {name!r}"
                                      f"{did_you_mean(name, present)}; arrays present: {', '.join(present)}")
-            return {name: archive[key] for name, key in keys.items()}
+            for key in keys.values():
+                check_member_size(archive, path, key)
+            arrays = {name: archive[key] for name, key in keys.items()}
+            for name, key in keys.items():
+                if arrays[name].ndim == 0:
+                    raise file_error(path, f"array {key!r} is a single value (0-d), not one entry per example")
+            return arrays
     except FileNotFoundError:
         raise file_error(path, "input file not found") from None
     except (OSError, ValueError) as exc:
@@ -77,8 +86,12 @@ def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def _npy(path: str) -> np.ndarray:
+    check_regular(path, "input file")
     try:
-        return np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+        if array.ndim == 0:
+            raise file_error(path, "holds a single value (0-d), not one entry per example")
+        return array
     except FileNotFoundError:
         raise file_error(path, "input file not found") from None
     except (OSError, ValueError) as exc:
@@ -137,4 +150,58 @@ def _images(path: str, model: ModelSpec) -> np.ndarray:
             raise file_error(path, f"has no images ({', '.join(IMAGE_EXTENSIONS)})")
     else:
         files = [path]
+    for f in files:
+        why = problem(f)
+        if why is not None:
+            raise file_error(f, why)
     return np.stack([load_image(f, size, mode) for f in files])
+
+
+def image_stream(path: str, model: ModelSpec, batch_size: int):
+    """`kspec predict RUN FOLDER`: the images in FOLDER (sorted by name) as a batched dataset decoded in
+    tf.data, and their paths; None when `path` is not a folder (then `read_inputs` reads it)."""
+    if not os.path.isdir(path) or len(model.inputs) != 1:
+        return None
+    import tensorflow as tf
+
+    from .images import ImageReader
+    from .sources import COLOR_MODES
+
+    size, mode = image_format(None, tuple(model.inputs[0].shape))
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    if not files:
+        raise file_error(path, f"has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for f in files:
+        why = problem(f)
+        if why is not None:
+            raise file_error(f, why)
+    reader = ImageReader(size, COLOR_MODES[mode][1])
+    ds = tf.data.Dataset.from_tensor_slices(files).map(reader.element, num_parallel_calls=tf.data.AUTOTUNE,
+                                                       deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), files
+
+
+def image_folder_split(path: str, model: ModelSpec, class_names: list[str], one_hot: bool = False,
+                       on_bad_file: str = "error"):
+    """`kspec evaluate RUN --data FOLDER`: a folder of class sub-folders, labelled by the training class
+    names, as a streamed split (never decoded up front)."""
+    from .images import ImageReader, list_folder
+    from .sources import COLOR_MODES
+    from .split import Arrays
+    from .stream import CachePlan, Stream
+
+    listing = list_folder(path, on_bad_file)
+    unknown = [c for c in listing.classes if c not in class_names]
+    if unknown:
+        raise file_error(path, f"class folder(s) {', '.join(unknown)} are not classes the model was trained on "
+                         f"(its classes: {', '.join(class_names)})")
+    index = {c: class_names.index(c) for c in listing.classes}
+    labels = np.array([index[listing.classes[k]] for k in listing.labels], dtype=np.int32)
+    if one_hot:                                   # the run was trained on one-hot targets
+        hot = np.zeros((len(labels), len(class_names)), dtype=np.float32)
+        hot[np.arange(len(labels)), labels] = 1.0
+        labels = hot
+    size, mode = image_format(None, tuple(model.inputs[0].shape))
+    refs = Arrays({model.inputs[0].name: np.array(listing.paths, dtype=str)}, {model.outputs[0]: labels})
+    return Stream(refs, ImageReader(size, COLOR_MODES[mode][1]), CachePlan("none"), os.path.basename(path))

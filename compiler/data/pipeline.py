@@ -13,8 +13,13 @@ from .split import Arrays
 
 
 def make_dataset(arrays: Arrays, batch_size: int, shuffle: bool, seed: int, cache: bool = True):
-    """A batched `tf.data.Dataset` of (x, y), reshuffled each epoch (deterministically from `seed`)."""
+    """A batched `tf.data.Dataset` of (x, y), reshuffled each epoch (deterministically from `seed`).
+
+    `arrays` may be a streamed split (`stream.Stream`): it builds its own file-reading pipeline."""
     import tensorflow as tf
+
+    if not isinstance(arrays, Arrays):
+        return arrays.dataset(batch_size, shuffle, seed, cache=cache)
 
     x = _structure(arrays.x)
     elements = (x, _structure(arrays.y)) if arrays.y else x
@@ -32,3 +37,13 @@ def make_dataset(arrays: Arrays, batch_size: int, shuffle: bool, seed: int, cach
 
 def _structure(arrays: dict):
     return next(iter(arrays.values())) if len(arrays) == 1 else dict(arrays)
+
+
+def input_dataset(part, batch_size: int = 256):
+    """The inputs of a split (Arrays or Stream) as a batched dataset, in order: what in-model layers
+    (Normalization, TextVectorization) are adapted on. A single input is a tensor, several a dict."""
+    import tensorflow as tf
+
+    if not isinstance(part, Arrays):
+        return part.dataset(batch_size, shuffle=False, seed=0, targets=False, cache=False)
+    return tf.data.Dataset.from_tensor_slices(_structure(part.x)).batch(batch_size)

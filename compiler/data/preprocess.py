@@ -57,23 +57,47 @@ def encode_targets(table: Table, data: DataSpec) -> Table:
             if y.ndim == 2 and y.shape[1] > 1:
                 continue        # already one-hot
             classes = max(len(table.class_names.get(output, ())), int(labels_of(y).max()) + 1)
-            ys[output] = np.eye(classes, dtype=np.float32)[labels_of(y)]
+            labels = labels_of(y)
+            ys[output] = np.zeros((len(labels), classes), dtype=np.float32)     # not np.eye: classes^2
+            ys[output][np.arange(len(labels)), labels] = 1.0
     return replace(table, y=ys)
 
 
 def input_layers(data: DataSpec, model: ModelSpec, train: Arrays) -> dict[str, list[Any]]:
-    """Per model input, the layers to apply right after it: preprocessing (in order), then augmentation."""
+    """Per model input, the layers to apply right after it: preprocessing (in order), then augmentation.
+
+    `train` may be a streamed split: `standardize` then adapts on one streaming pass over it."""
     check_steps(data)
+    if not isinstance(train, Arrays):
+        try:
+            return _input_layers(data, model, train)
+        except (SpecError, DataError):
+            raise
+        except Exception:
+            train.find_bad_file()         # a streamed file that fails to parse: name it (line, column)
+            raise
+    return _input_layers(data, model, train)
+
+
+def _input_layers(data: DataSpec, model: ModelSpec, train) -> dict[str, list[Any]]:
     layers: dict[str, list[Any]] = {i.name: [] for i in model.inputs}
     for step in data.preprocess:
         if step.name in INPUT_STEPS:
             for name in _inputs_of(step, model):
-                layers[name].append(_preprocess_layer(step, _unique(layers, name, step.name), layers[name],
-                                                      train.x[name]))
+                seen = train.x[name] if isinstance(train, Arrays) else _streamed_input(train, name, len(model.inputs))
+                layers[name].append(_preprocess_layer(step, _unique(layers, name, step.name), layers[name], seen))
     for step in data.augment:
         for name in _inputs_of(step, model):
             layers[name].append(_augment_layer(step, _unique(layers, name, step.name.lower())))
     return layers
+
+
+def _streamed_input(train, name: str, inputs: int):
+    """One input of a streamed training split, as a batched dataset (one streaming pass per use)."""
+    from .pipeline import input_dataset
+
+    ds = input_dataset(train)
+    return ds if inputs == 1 else ds.map(lambda x: x[name])
 
 
 def _inputs_of(step: Component, model: ModelSpec) -> list[str]:
@@ -121,6 +145,15 @@ def _preprocess_layer(step: Component, name: str, before: list[Any], train_x: np
         layer = keras.layers.Normalization(**kwargs, name=name)
     except (TypeError, ValueError) as exc:
         raise SpecError(Diagnostic(f"{step.name}: {exc}", step.loc, step.path)) from None
+    if not isinstance(train_x, np.ndarray):           # a streamed split: a dataset of float32 batches
+        import tensorflow as tf
+
+        ds = train_x
+        for earlier in before:
+            ds = ds.map(earlier)
+        layer.adapt(ds.map(lambda b: tf.cast(b, tf.float32)))
+        _keep_constant_features_finite(layer)
+        return layer
     seen = train_x
     for earlier in before:              # fit on what the layer will actually receive
         seen = keras.ops.convert_to_numpy(earlier(seen))

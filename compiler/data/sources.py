@@ -14,18 +14,30 @@ from typing import Mapping
 import numpy as np
 
 from ..spec.types import DataSpec, ModelSpec
-from . import synthetic
+from . import images, npmap, synthetic
 from .csvfile import encode_features, parse_column, read_csv
-from .table import (Table, assign, check_params, detect_task, did_you_mean, encode_labels,
-                    file_error, is_one_hot, source_error)
+from .files import check_regular
+from .table import (
+    MAX_LABEL,
+    LabelTooLarge,
+    Table,
+    assign,
+    check_params,
+    detect_task,
+    did_you_mean,
+    encode_labels,
+    file_error,
+    is_one_hot,
+    source_error,
+)
 
 SKLEARN = ("iris", "digits", "wine", "breast_cancer", "diabetes")
 SKLEARN_REGRESSION = ("diabetes",)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+IMAGE_EXTENSIONS, IMAGE_FORMATS = images.IMAGE_EXTENSIONS, images.IMAGE_FORMATS
 _IMAGE_HINT = "replace or remove the file: every file with an image extension in a class folder is read"
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1), "rgba": ("RGBA", 4)}
 DEFAULT_IMAGE_SIZE = (256, 256)     # keras.utils.image_dataset_from_directory's default
+CSV_PARAMS = ("path", "target", "features", "delimiter", "task", "header", "columns", "stream")
 
 
 def load_table(data: DataSpec, model: ModelSpec, seed: int) -> Table:
@@ -48,9 +60,13 @@ def _sklearn(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     if name not in SKLEARN:
         raise source_error(data, f"unknown sklearn data set {name!r}{did_you_mean(name, SKLEARN)} "
                            f"(known: {', '.join(SKLEARN)})")
-    import sklearn.datasets
+    from . import bundled
 
-    bunch = getattr(sklearn.datasets, f"load_{name}")()
+    bunch = bundled.load(name)           # the shipped files, read without importing scikit-learn (start-up)
+    if bunch is None:
+        import sklearn.datasets
+
+        bunch = getattr(sklearn.datasets, f"load_{name}")()
     inputs, outputs = _names(model)
     source = f"sklearn:{name}"
     x = assign(inputs, bunch.data.astype(np.float32), "input", source, data)
@@ -87,13 +103,14 @@ def _task_override(data: DataSpec, output: str) -> str | None:
     return task
 
 
-def _target(data: DataSpec, output: str, values: np.ndarray, file: str, what: str):
+def _target(data: DataSpec, output: str, values: np.ndarray, file: str, what: str,
+            lines: list[int] | tuple[int, ...] | None = None):
     """(y, task, class names) for one target array: labels encoded, regression as float32."""
     task = _task_override(data, output) or detect_task(values)
     if task == "classification":
         if is_one_hot(values):
             return values.astype(np.float32), task, [str(i) for i in range(values.shape[1])]
-        labels, classes = encode_labels(values)
+        labels, classes = class_labels(values, file, what, lines)
         return labels, task, classes
     if values.dtype.kind not in "biuf":
         raise file_error(file, f"{what} holds text, but a regression target must be numeric")
@@ -101,12 +118,34 @@ def _target(data: DataSpec, output: str, values: np.ndarray, file: str, what: st
     return (values[:, None] if values.ndim == 1 else values), task, None
 
 
+def class_labels(values: np.ndarray, file: str, what: str, lines=None) -> tuple[np.ndarray, list[str]]:
+    """`encode_labels`, with a label too large to be a class index reported at its line / example."""
+    try:
+        return encode_labels(values)
+    except LabelTooLarge as exc:
+        where = (f" on line {lines[exc.index]}" if lines is not None and exc.index < len(lines)
+                 else f" at example {exc.index} (counting from 0)")
+        raise file_error(file, f"{what} holds the class label {exc.value}{where}, but class labels are "
+                         f"0..{MAX_LABEL - 1} (label k is class k; the data holds {exc.distinct} distinct labels)",
+                         line=lines[exc.index] if lines is not None and exc.index < len(lines) else 0, col=1,
+                         hint="fix the label (a typo?), give the classes as text, or set `task: regression` "
+                              "if the target is a quantity") from None
+
+
 def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     """A CSV file with a header row: `target` column(s), the rest (or `features`) as inputs."""
-    check_params(data, ("path", "target", "features", "delimiter", "task"), "a csv source")
+    check_params(data, CSV_PARAMS, "a csv source")
     if not data.params.get("path"):
         raise source_error(data, "a csv source needs a file path: `source: {csv: PATH, target: COLUMN}`")
-    f = read_csv(str(data.params["path"]), str(data.params.get("delimiter", ",")))
+    header, columns = data.params.get("header", True), data.params.get("columns")
+    if not isinstance(header, bool):
+        raise source_error(data, f"header must be true or false, got {header!r}")
+    if columns is not None and (header or not isinstance(columns, list) or not columns
+                                or len(set(map(str, columns))) != len(columns)):
+        raise source_error(data, "`columns: [NAME, ...]` (distinct names) goes with `header: false`, naming "
+                           "the columns of a file without a header row")
+    f = read_csv(str(data.params["path"]), str(data.params.get("delimiter", ",")), header_row=header,
+                 columns=[str(c) for c in columns] if columns else None)
     inputs, outputs = _names(model)
     by_output = _target_columns(data, outputs, f.header, f.name)
     targets = [c for cols in by_output.values() for c in cols]
@@ -138,7 +177,8 @@ def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
             if values.dtype.kind not in "iuf":
                 raise source_error(data, f"target columns {', '.join(cols)} of {f.name} must all be numeric "
                                    f"to form one output ({output!r})")
-        ys[output], tasks[output], names_ = _target(data, output, values, f.path, f"column {cols[0]!r}")
+        ys[output], tasks[output], names_ = _target(data, output, values, f.path, f"column {cols[0]!r}",
+                                                    f.lines)
         if names_:
             classes[output] = names_
     return Table(x, ys, tasks, classes, f.path, feature_names={k: names for k in x},
@@ -173,10 +213,11 @@ def _target_columns(data: DataSpec, outputs: tuple[str, ...], header: list[str],
 
 def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     """A numpy .npz archive: `x` and `y`, other keys via `x:`/`y:`, or one array per input/output name."""
-    check_params(data, ("path", "x", "y", "task"), "an npz source")
+    check_params(data, ("path", "x", "y", "task", "stream"), "an npz source")
     if not data.params.get("path"):
         raise source_error(data, "an npz source needs a file path: `source: {npz: PATH}`")
     path = str(data.params["path"])
+    check_regular(path, "npz file")
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -189,6 +230,9 @@ def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     with archive:
         x_keys = _keys(data, path, archive.files, data.params.get("x"), inputs, "x", "input")
         y_keys = _keys(data, path, archive.files, data.params.get("y"), outputs, "y", "output")
+        if npmap.wants_stream(path, data.params.get("stream", "auto")) and _stored(archive, x_keys.values(),
+                                                                               data.params.get("stream")):
+            return _npz_mapped(data, model, path, archive, x_keys, y_keys)
         x = {name: _array(archive, path, key) for name, key in x_keys.items()}
         ys, tasks, classes = {}, {}, {}
         for output, key in y_keys.items():
@@ -198,6 +242,39 @@ def _npz(data: DataSpec, model: ModelSpec, seed: int) -> Table:
                 classes[output] = names
     return Table(x, ys, tasks, classes, path, x_from={n: f"array {k!r}" for n, k in x_keys.items()},
                  y_from=dict(y_keys), file=path)
+
+
+def _stored(archive, keys, choice) -> bool:
+    """Every input array stored uncompressed (mappable); `stream: true` on a compressed one is an error."""
+    for key in keys:
+        name = key if key in archive.zip.namelist() else f"{key}.npy"
+        if archive.zip.getinfo(name).compress_type != zipfile.ZIP_STORED:
+            if choice is True:
+                npmap.map_member(archive.zip.filename, key)        # raises with the hint
+            return False
+    return True
+
+
+def _npz_mapped(data: DataSpec, model: ModelSpec, path: str, archive, x_keys, y_keys) -> Table:
+    """Inputs left on disk (memory-mapped), targets loaded: the table holds example indices."""
+    arrays = {name: npmap.map_member(path, key) for name, key in x_keys.items()}
+    dtypes = []
+    for spec in model.inputs:
+        dtype = spec.dtype if spec.dtype in ("float16", "float32", "float64", "int32", "int64", "uint8") else "float32"
+        if arrays[spec.name].dtype.kind not in "biuf":
+            raise file_error(path, f"array {x_keys[spec.name]!r} is not numeric")
+        dtypes.append(dtype)
+    reader = npmap.ArrayReader(path, tuple(x_keys.items()), tuple(a.shape[1:] for a in arrays.values()),
+                               tuple(dtypes))
+    ys, tasks, classes = {}, {}, {}
+    for output, key in y_keys.items():
+        ys[output], tasks[output], names = _target(data, output, _array(archive, path, key), path, f"array {key!r}")
+        if names:
+            classes[output] = names
+    n = len(next(iter(arrays.values())))
+    return Table({"index": np.arange(n)}, ys, tasks, classes, path,
+                 x_from={n_: f"array {k!r}" for n_, k in x_keys.items()}, y_from=dict(y_keys), file=path,
+                 reader=reader)
 
 
 def _keys(data, path, present, given, names, default, what) -> dict[str, str]:
@@ -223,39 +300,79 @@ def _keys(data, path, present, given, names, default, what) -> dict[str, str]:
 
 
 def _array(archive, path: str, key: str) -> np.ndarray:
+    check_member_size(archive, path, key)
     try:
-        return archive[key]
+        array = archive[key]
     except ValueError:
         raise file_error(path, f"array {key!r} holds Python objects; save plain numeric arrays "
                          "(np.savez without object dtype)") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise file_error(path, f"cannot read array {key!r}: {exc}") from None
+    if array.ndim == 0:
+        raise file_error(path, f"array {key!r} is a single value (0-d), not one entry per example",
+                         hint="save an array whose first axis runs over the examples")
+    return array
 
 
 def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
-    """A folder with one sub-folder of images per class, loaded into memory (small sets)."""
-    check_params(data, ("path", "size", "color_mode"), "an images source")
+    """Image files, listed (not decoded): a folder with one sub-folder per class, or a manifest CSV
+    of `path,label` rows. The table's input holds file paths; `images.ImageReader` decodes them in tf.data."""
+    check_params(data, ("path", "size", "color_mode", "target", "delimiter"), "an images source")
     root = str(data.params.get("path") or "")
-    if not os.path.isdir(root):
-        raise file_error(root or "<none>", "image folder not found (expected one sub-folder per class)")
-    classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise file_error(root, "has no sub-folders; put the images of each class in a folder named after it")
     inputs, outputs = _names(model)
-    shape = model.inputs[0].shape if len(model.inputs) == 1 else ()
+    if len(inputs) != 1:
+        raise source_error(data, f"an images source feeds one model input, but the model has {len(inputs)} "
+                           f"({', '.join(inputs)})")
+    shape = tuple(model.inputs[0].shape)
     size, mode = image_format(data, shape)
-    images, labels = [], []
-    for k, cls in enumerate(classes):
-        folder = os.path.join(root, cls)
-        for file in sorted(os.listdir(folder)):
-            if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith("."):
-                images.append(load_image(os.path.join(folder, file), size, mode))
-                labels.append(k)
-    if not images:
-        raise file_error(root, f"has no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
-    x = assign(inputs, np.stack(images), "input", root, data)
-    y = assign(outputs, np.array(labels, dtype=np.int32), "output", root, data)
+    on_bad = data.on_bad_file
+    if os.path.isfile(root) and root.lower().endswith((".csv", ".tsv")):
+        target = str(data.params.get("target") or "label")
+        listing, raw, lines = images.list_manifest(root, target, on_bad,
+                                                   str(data.params.get("delimiter", ",")))
+        values = np.array([int(v) for v in raw]) if all(_is_int(v) for v in raw) else np.array(raw)
+        labels, classes = class_labels(values, root, f"column {target!r}", lines)
+        paths, origin_from, lines_ = listing.paths, f"column {target!r}", tuple(lines)
+    else:
+        if data.params.get("target") is not None:
+            raise source_error(data, "`target` names the label column of a manifest CSV; an image folder's "
+                               "labels are its sub-folder names")
+        listing = images.list_folder(root, on_bad)
+        labels, classes = np.array(listing.labels, dtype=np.int32), listing.classes
+        paths, origin_from, lines_ = listing.paths, "class folder", None
+    reader = images.ImageReader(size, COLOR_MODES[mode][1])
+    x = {inputs[0]: np.array(paths, dtype=str)}
+    y = assign(outputs, np.asarray(labels, dtype=np.int32), "output", root, data)
     out = next(iter(y))
-    return Table(x, y, {out: "classification"}, {out: classes}, root,
-                 x_from={k: "images" for k in x}, y_from={out: "class folder"}, file=root)
+    return Table(x, y, {out: "classification"}, {out: list(classes)}, root,
+                 x_from={k: "images" for k in x}, y_from={out: origin_from}, file=root, lines=lines_,
+                 reader=reader, skipped=tuple(listing.skipped))
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
+
+
+def check_member_size(archive, path: str, key: str) -> None:
+    """An npz member's header declares its shape; numpy allocates that before reading. A few bytes may
+    claim terabytes, so the declared size must agree with the member's real (uncompressed) size."""
+    name = key if key in getattr(archive, "zip", None).namelist() else f"{key}.npy"
+    try:
+        info = archive.zip.getinfo(name)
+        with archive.zip.open(name) as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError):
+        return                                   # np.load reports it when the array is read
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > info.file_size:
+        raise file_error(path, f"array {key!r} declares shape {tuple(shape)} ({declared:,} bytes) but holds only "
+                         f"{info.file_size:,} bytes: the file is damaged or crafted")
 
 
 def image_format(data: DataSpec | None, shape: tuple) -> tuple[tuple[int, int], str]:

@@ -34,12 +34,16 @@ class Arrays:
         return Arrays({k: v[index] for k, v in self.x.items()}, {k: v[index] for k, v in self.y.items()},
                       self.origin[index] if self.origin is not None else None)
 
+    def sample(self, n: int) -> "Arrays":
+        """The first `n` examples (as `Stream.sample` gives them, decoded, for a streamed split)."""
+        return self.take(np.arange(min(n, len(self))))
+
 
 @dataclass(frozen=True)
 class Splits:
     """The data set, split, with what later stages need to know about it."""
 
-    train: Arrays
+    train: Arrays                           # or a stream.Stream (same interface) for streamed sources
     validation: Arrays | None               # None when the fraction is 0
     test: Arrays | None
     task: str                               # of the first output
@@ -50,6 +54,8 @@ class Splits:
     targets: dict[str, str] = field(default_factory=dict)   # output -> target as the user names it
     file: str | None = None                 # the data file (or image folder), when there is one
     lines: tuple[int, ...] | None = None    # the file line of each example (CSV), for errors
+    notes: tuple[str, ...] = ()             # said in the run's log and kept in data.json (the cache chosen)
+    skipped: tuple[tuple[str, str], ...] = ()   # (file, why) left out under `data.on_bad_file: skip`
 
     def splits(self) -> dict[str, Arrays]:
         """The splits that exist, by name."""
@@ -68,8 +74,9 @@ def split_table(table: Table, data: DataSpec, seed: int) -> Splits:
             f"validation {data.validation} ({n_val})", data.loc, "data.split"))
     order = np.random.default_rng(seed).permutation(n)
     labels = _strata(table, data)
-    rest, test = _hold_out(order, n_test, labels, seed)
-    train, val = _hold_out(rest, n_val, labels, seed + 1)
+    hold_out = _hold_out if table.reader is None else _hold_out_quick
+    rest, test = hold_out(order, n_test, labels, seed)
+    train, val = hold_out(rest, n_val, labels, seed + 1)
     first = next(iter(table.y), None)
     return Splits(
         train=everything.take(train),
@@ -105,7 +112,7 @@ def _hold_out(index: np.ndarray, count: int, labels: np.ndarray | None, seed: in
     if count == 0:
         return index, index[:0]
     if labels is not None:
-        from sklearn.model_selection import train_test_split
+        from .stratify import train_test_split  # scikit-learn's split, without importing it
 
         try:
             kept, held = train_test_split(index, test_size=count, stratify=labels[index],
@@ -114,6 +121,33 @@ def _hold_out(index: np.ndarray, count: int, labels: np.ndarray | None, seed: in
         except ValueError:
             pass
     return index[count:], index[:count]
+
+
+def _hold_out_quick(index: np.ndarray, count: int, labels: np.ndarray | None,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_hold_out` in numpy, for file lists: no scikit-learn import (2 s) before streaming starts.
+
+    Each class gives its share of `count` (largest remainders settle the rounding), taken
+    from the already shuffled `index`, so the split is seeded and stratified."""
+    if count == 0:
+        return index, index[:0]
+    if labels is None:
+        return index[count:], index[:count]
+    classes, per = np.unique(labels[index], return_counts=True)
+    if len(classes) < 2 or per.min() < 2 or count < len(classes) or len(index) - count < len(classes):
+        return index[count:], index[:count]
+    exact = per * count / len(index)
+    quota = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - quota), kind="stable")[:count - quota.sum()]:
+        quota[k] += 1
+    held = np.zeros(len(index), dtype=bool)
+    position = {c: i for i, c in enumerate(classes)}
+    taken = np.zeros(len(classes), dtype=int)
+    for i, label in enumerate(labels[index]):
+        k = position[label]
+        if taken[k] < quota[k]:
+            held[i], taken[k] = True, taken[k] + 1
+    return index[~held], index[held]
 
 
 def check_labels(splits: Splits, output_units: dict[str, int]) -> None:

@@ -10,7 +10,7 @@ later errors can still name what the user wrote.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -20,6 +20,17 @@ from ..suggest import did_you_mean  # noqa: F401 - the one implementation, re-ex
 
 # An integer target with at most this many distinct values is a classification target.
 MAX_CLASSES = 50
+# Integer class labels are class indices (label k is class k), so the class list runs up to the largest
+# label: a mistyped 100000000 must be an error before a list of 10^8 class names is built.
+MAX_LABEL = 100_000
+
+
+class LabelTooLarge(ValueError):
+    """An integer class label >= MAX_LABEL, at position `index` of the target."""
+
+    def __init__(self, value: int, index: int, distinct: int):
+        super().__init__(f"class label {value} >= {MAX_LABEL}")
+        self.value, self.index, self.distinct = value, index, distinct
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,8 @@ class Table:
     file: str | None = None                     # the file errors point at, when there is one
     lines: tuple[int, ...] | None = None        # the file line of each example (CSV), for errors
     rows: np.ndarray | None = None              # each example's position in the source (None: 0..n-1)
+    reader: Any = None                          # streamed sources: x holds file paths, read by this (images)
+    skipped: tuple[tuple[str, str], ...] = ()   # (file, why) left out under `data.on_bad_file: skip`
 
 
 def source_error(data: DataSpec, message: str, hint: str = "") -> DataError:
@@ -80,6 +93,10 @@ def encode_labels(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     values = np.asarray(values)
     if values.dtype.kind in "iu" and (values.size == 0 or values.min() >= 0):
         top = int(values.max()) + 1 if values.size else 0
+        if top > MAX_LABEL:
+            flat = values.reshape(-1)
+            raise LabelTooLarge(int(flat.max()), int(np.argmax(flat)) // max(1, values.size // len(values)),
+                                len(np.unique(flat)))
         return values.astype(np.int32), [str(i) for i in range(top)]
     classes, index = np.unique(values, return_inverse=True)
     return index.reshape(values.shape).astype(np.int32), [str(c) for c in classes]

@@ -26,8 +26,6 @@ Nothing here imports Keras or TensorFlow.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -35,9 +33,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import Diagnostic, KspecError
+from ..rundir import DIAGNOSIS, HISTORY
 
-DIAGNOSIS = "diagnosis.txt"
-HISTORY = "history.csv"
 NOT_CURVES = ("epoch", "epoch_seconds", "learning_rate")
 
 # Thresholds (all relative, so they hold for any loss scale).
@@ -280,22 +277,16 @@ def read_history_columns(path: str | os.PathLike, run: str | None = None) -> dic
 
     Raises HistoryError (exit 2) naming the run and the file when it is missing or unreadable.
     """
+    from ..rundir import read_history_table
+
     path = Path(path)
     where = f"run {run}: " if run else ""
     try:
-        text = path.read_text()
+        names, rows = read_history_table(path)
     except OSError as exc:
         raise HistoryError(Diagnostic(f"{where}cannot read {path}: {exc.strerror or exc}",
                                       hint="is this a run directory written by `kspec train`?")) from None
-    reader = csv.DictReader(io.StringIO(text))
-    columns: dict[str, list[float]] = {name: [] for name in (reader.fieldnames or []) if name}
-    for row in reader:
-        for name in columns:
-            value = row.get(name)
-            try:
-                columns[name].append(float(value) if value not in (None, "") else math.nan)
-            except ValueError:
-                columns[name].append(math.nan)
+    columns: dict[str, list[float]] = {name: [row[name] for row in rows] for name in names}
     if not columns or "loss" not in columns:
         raise HistoryError(Diagnostic(f"{where}{path} has no 'loss' column", hint="it is not a kspec history.csv"))
     return columns
@@ -321,7 +312,7 @@ def write_diagnosis(run_dir: str | os.PathLike, findings: Sequence[Finding]) -> 
     """Write diagnosis.txt (each finding and its numbers) into the run directory, atomically."""
     path = Path(run_dir) / DIAGNOSIS
     text = format_findings(findings, numbers=True) + "\n"
-    from ..train.rundir import atomic_write_text
+    from ..rundir import atomic_write_text
 
     atomic_write_text(path, text)
     return path

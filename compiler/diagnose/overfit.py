@@ -72,9 +72,9 @@ def build_for_check(spec: Spec, augment: bool = False):
         layers = input_layers(data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
     if splits is not None:
-        from ..build.adapt import adapt_on_arrays
+        from ..build.adapt import adapt_on_split
 
-        adapt_on_arrays(model, splits.train.x, spec.train.batch_size if spec.train else 32, lambda line: None,
+        adapt_on_split(model, splits.train, spec.train.batch_size if spec.train else 32, lambda line: None,
                         spec.model)
     if spec.train is not None:
         compile_model(model, spec.train, spec.model)
@@ -109,7 +109,7 @@ def check_overfit(spec: Spec, examples: int = 16, epochs: int = 300, threshold: 
     model, splits = build_for_check(spec)
     check_labels(splits, output_units(model, spec.model.outputs))
     k = min(examples, len(splits.train))
-    subset = splits.train.take(np.arange(k))
+    subset = splits.train.sample(k)          # decoded, for a streamed split
     ds = make_dataset(subset, k, shuffle=False, seed=spec.seed)
     classification = [o for o in spec.model.outputs if splits.tasks.get(o) == "classification"]
 
@@ -186,15 +186,15 @@ def _hints(model, spec: Spec, lr: float | None, final: float, initial: float) ->
     if not math.isfinite(final):
         hints.append("the loss became NaN: lower the learning rate")
     elif final > 0.9 * initial:
-        hints.append(f"the loss hardly moved: try a 10x larger learning rate" + (f" (it is {_g(lr)})" if lr else ""))
+        hints.append("the loss hardly moved: try a 10x larger learning rate" + (f" (it is {_g(lr)})" if lr else ""))
     else:
         hints.append("it learns, but too slowly: train longer (--epochs) or raise the learning rate"
                      + (f" (it is {_g(lr)})" if lr else ""))
     hints.append("check the output layer matches the loss (softmax + sparse_categorical_crossentropy, "
                  "sigmoid + binary_crossentropy, linear + mse)")
-    dropout = [l.name for l in _layers(model) if "Dropout" in type(l).__name__ or "Noise" in type(l).__name__]
-    regularized = [l.name for l in _layers(model)
-                   if any(getattr(l, a, None) is not None for a in
+    dropout = [lay.name for lay in _layers(model) if "Dropout" in type(lay).__name__ or "Noise" in type(lay).__name__]
+    regularized = [lay.name for lay in _layers(model)
+                   if any(getattr(lay, a, None) is not None for a in
                           ("kernel_regularizer", "bias_regularizer", "activity_regularizer",
                            "recurrent_regularizer", "embeddings_regularizer"))]
     if dropout or regularized:

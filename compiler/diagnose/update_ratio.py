@@ -35,7 +35,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-FILENAME = "update_ratio.csv"
+from ..rundir import UPDATE_RATIOS
+
+FILENAME = UPDATE_RATIOS
 
 try:                                       # a real Keras callback when Keras is there (it always is at train time)
     import keras
@@ -158,7 +160,7 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writerow(["epoch", "layer", "ratio"])
     for r in rows:
         writer.writerow([r["epoch"], r["layer"], repr(float(r["ratio"]))])
-    from ..train.rundir import atomic_write_text
+    from ..rundir import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, out.getvalue())

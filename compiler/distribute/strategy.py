@@ -2,7 +2,8 @@
 
     plan(train)                  -> Plan          which strategy, and is this process the chief (no TensorFlow)
     start(plan, train)           -> Distribution  GPU memory growth, then the tf.distribute strategy
-    mixed_precision_policy(x)    -> str           "auto" resolved against the GPUs
+    choose_precision(train, m)   -> PrecisionChoice "auto" resolved against the GPUs, the CPU and the model
+    mixed_precision_policy(x)    -> str           the same without a model (auto: GPUs only)
     synchronize_batchnorm(m, s)  -> [names]       BatchNormalization(synchronized=True) with several replicas
 
 `train.distribute`:
@@ -167,24 +168,131 @@ def gpu_compute_capabilities() -> list[tuple[int, int]]:
             cc = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
         except Exception:
             cc = (0, 0)
-        out.append(tuple(int(c) for c in cc))
+        out.append((int(cc[0]), int(cc[1])) if len(cc) >= 2 else (0, 0))
     return out
 
 
-def mixed_precision_policy(setting: str | None) -> str:
-    """The Keras dtype policy of `train.mixed_precision`.
+# -- mixed precision ------------------------------------------------------------------------
 
-    `auto`: mixed_float16 when every GPU has compute capability 7.0 or more (tensor cores:
-    Volta and later), else float32 (CPU-only machines, older GPUs). `none`: float32.
+# CPU flags (Linux /proc/cpuinfo) of the instructions that make bfloat16 matmuls and convolutions fast
+# in oneDNN: AMX tiles (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake, Zen 4).
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# KSPEC_CPU_BF16=1 / 0 overrides the detection (to simulate a CPU with or without it, e.g. in tests).
+CPU_BF16_ENV = "KSPEC_CPU_BF16"
+# Layers whose work is convolutions that bfloat16 speeds up (README "CPU speed": the 28x28 CNN 2-3x;
+# dense-only models and RNN cells, small matmuls, measured slower in bfloat16 on the CPU; a
+# MobileNetV3Small Backbone, depthwise convolutions, measured no faster, so Backbone and depthwise or
+# separable convolutions do not count).
+CONV_LAYERS = ("Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+# Losses of regression targets: bfloat16's 8-bit mantissa (about 2-3 significant digits) costs
+# them precision that a classifier's argmax does not notice.
+REGRESSION_LOSSES = ("mse", "mae", "mape", "msle", "mean_squared_error", "mean_absolute_error",
+                     "mean_absolute_percentage_error", "mean_squared_logarithmic_error", "huber", "log_cosh",
+                     "logcosh", "cosine_similarity", "MeanSquaredError", "MeanAbsoluteError", "Huber",
+                     "LogCosh", "MeanAbsolutePercentageError", "MeanSquaredLogarithmicError", "CosineSimilarity")
+
+
+@dataclass(frozen=True)
+class Support:
+    """Whether this CPU computes bfloat16 fast, and how that was decided (for the log)."""
+
+    available: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The Keras dtype policy a run trains under and why (printed, and recorded in metrics.json)."""
+
+    policy: str          # "float32" | "mixed_float16" | "mixed_bfloat16"
+    setting: str         # what train.mixed_precision said ("auto", "none", a policy name)
+    why: str
+
+    def to_json(self) -> dict:
+        return {"policy": self.policy, "setting": self.setting, "why": self.why}
+
+    def describe(self) -> str:
+        return f"precision: {self.policy} ({self.why})"
+
+
+def cpu_bf16_support(environ=None, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> Support:
+    """AMX-BF16 or AVX512-BF16 in the CPU's flags, unless KSPEC_CPU_BF16 says otherwise."""
+    value = (os.environ if environ is None else environ).get(CPU_BF16_ENV, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return Support(True, f"{CPU_BF16_ENV}={value}")
+    if value in ("0", "false", "no", "off"):
+        return Support(False, f"{CPU_BF16_ENV}={value}")
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            flags: set[str] = set()
+            for line in f:
+                if line.startswith("flags"):
+                    flags.update(line.partition(":")[2].split())
+                    break                      # every core lists the same flags
+    except OSError:
+        return Support(False, "CPU flags unknown (no /proc/cpuinfo)")
+    found = [flag for flag in CPU_BF16_FLAGS if flag in flags]
+    if found:
+        return Support(True, "CPU has " + " and ".join(found))
+    return Support(False, "CPU has neither " + " nor ".join(CPU_BF16_FLAGS))
+
+
+def bf16_suits(spec_model, train) -> tuple[bool, str]:
+    """The rule read from README's precision table: bfloat16 pays for convolutions; a model of dense
+    layers only (tiny on these examples) or an RNN gains nothing, and regression targets lose precision."""
+    layers = {node.layer for node in spec_model.nodes} if spec_model is not None else set()
+    losses = getattr(train, "losses", {}) or {}
+    regression = [name for name, loss in losses.items() if getattr(loss, "name", loss) in REGRESSION_LOSSES]
+    if regression:
+        return False, f"output {regression[0]!r} is a regression target"
+    regularized = [node.name for node in spec_model.nodes if node.args.get("activity_regularizer")] \
+        if spec_model is not None else []
+    if regularized:
+        # Keras adds a bfloat16 activity penalty to the float32 loss and fails (measured: autoencoder).
+        return False, f"layer {regularized[0]!r} has an activity_regularizer"
+    conv = sorted(layers & set(CONV_LAYERS))
+    if not conv:
+        return False, "no convolution in the model (bfloat16 gains nothing on dense-only or recurrent models)"
+    return True, f"convolutions ({', '.join(conv)})"
+
+
+def choose_precision(train, spec_model=None, *, gpus: list[tuple[int, int]] | None = None,
+                     cpu: Support | None = None) -> PrecisionChoice:
+    """`train.mixed_precision` resolved on this machine.
+
+    `auto`: mixed_float16 when every GPU has compute capability 7.0 or more (tensor cores);
+    on a machine without GPUs, mixed_bfloat16 when the CPU has AMX-BF16 or AVX512-BF16 and the
+    model suits it (`bf16_suits`); float32 otherwise. `none`: float32. A policy name: that policy.
     """
+    setting = getattr(train, "mixed_precision", None)
     if setting in (None, "none", False, "float32"):
-        return "float32"
-    if setting == "auto":
-        capabilities = gpu_compute_capabilities()
-        if capabilities and all(cc >= (7, 0) for cc in capabilities):
-            return "mixed_float16"
-        return "float32"
-    return str(setting)
+        return PrecisionChoice("float32", "none", "train.mixed_precision: none")
+    if setting != "auto":
+        return PrecisionChoice(str(setting), str(setting), f"train.mixed_precision: {setting}")
+    capabilities = gpu_compute_capabilities() if gpus is None else gpus
+    if capabilities:
+        if all(cc >= (7, 0) for cc in capabilities):
+            return PrecisionChoice("mixed_float16", "auto",
+                                   "auto: every GPU has tensor cores (compute capability 7.0+)")
+        return PrecisionChoice("float32", "auto", "auto: a GPU without tensor cores")
+    support = cpu_bf16_support() if cpu is None else cpu
+    if not support.available:
+        return PrecisionChoice("float32", "auto", f"auto: {support.why}")
+    suits, why = bf16_suits(spec_model, train)
+    if not suits:
+        return PrecisionChoice("float32", "auto", f"auto: {support.why}, but {why}")
+    return PrecisionChoice("mixed_bfloat16", "auto", f"auto: {support.why}; {why}")
+
+
+def mixed_precision_policy(setting: str | None) -> str:
+    """The Keras dtype policy of `train.mixed_precision` without a model to judge (see choose_precision):
+    `auto` is mixed_float16 on tensor-core GPUs and float32 elsewhere; `none` is float32."""
+    return choose_precision(_Setting(setting), None, cpu=Support(False, "no model to judge")).policy
+
+
+@dataclass(frozen=True)
+class _Setting:
+    mixed_precision: str | None
 
 
 def synchronize_batchnorm(model, spec_model) -> list[str]:

@@ -15,11 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import Diagnostic, KspecError
+from ..rundir import CHECKPOINTS, LAST, MODEL, SPEC
 from . import ExportError
 from .signature import flat_inputs, keras_outputs
-
-MODEL = "model.keras"
-SPEC = "spec.yaml"
 
 
 @dataclass
@@ -41,8 +39,7 @@ def load_source(run: Path, n_examples: int) -> Source:
     model_path, run_dir = _locate(run)
     notes: list[str] = []
     spec = _read_spec(run_dir, notes) if run_dir is not None else None
-    if spec is not None:
-        _load_plugins(spec)
+    # The run's `plugins:` are declared, never imported here: the command line loads them (--plugin).
     model = load_model(model_path)
     if not hasattr(model, "input") or _no_inputs(model):
         raise ExportError(Diagnostic(f"cannot export {model_path}: the model has no declared inputs "
@@ -67,7 +64,7 @@ def _locate(run: Path) -> tuple[Path, Path | None]:
         raise ExportError(Diagnostic(f"{run} is not a run directory or a .keras model file"))
     model = run / MODEL
     if not model.is_file():
-        last = run / "checkpoints" / "last.keras"
+        last = run / CHECKPOINTS / LAST
         hint = (f"the run did not finish; continue it with `kspec train SPEC --run-dir {run} --resume`, "
                 f"or export its last checkpoint: kspec export {last} ..." if last.is_file() else "")
         raise ExportError(Diagnostic(f"{run} holds no {MODEL}; is it a kspec run directory?", hint=hint))
@@ -79,11 +76,15 @@ def load_model(path: Path):
 
     import compiler.layers  # noqa: F401  (registers kspec's own layers for deserialization)
 
+    from .. import trust
+
     try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        return keras.saving.load_model(path, safe_mode=trust.safe_mode_for(path), compile=False)
     except Exception as exc:
         from ..build.errors import keras_message
 
+        if trust.is_safe_mode_refusal(exc):
+            raise ExportError(trust.refused(path, str(exc))) from None
         raise ExportError(Diagnostic(f"cannot load {path}: {keras_message(exc)}")) from None
 
 
@@ -108,13 +109,6 @@ def _read_spec(run_dir: Path, notes: list[str]):
         return None
 
 
-def _load_plugins(spec) -> None:
-    from ..registry import load_plugins
-
-    tree = spec.tree if isinstance(spec.tree, dict) else {}
-    load_plugins(tree.get("plugins"), ExportError)
-
-
 def _data_inputs(spec, model, n: int, notes: list[str]) -> tuple[list[np.ndarray] | None, str]:
     from ..data import load_splits
 
@@ -128,6 +122,7 @@ def _data_inputs(spec, model, n: int, notes: list[str]) -> tuple[list[np.ndarray
                        ("train split", splits.train)):
         if part is not None and len(part):
             break
+    part = part.sample(n)           # decoded, for a streamed split
     out = []
     for tensor in flat_inputs(model):
         array = part.x.get(tensor.name)

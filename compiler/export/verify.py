@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,11 @@ from . import ExportError, ExportReport
 TOLERANCE = {"float32": 1e-4, "float64": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 
 
+EXPORT_MARKER = ".kspec-export"          # inside every SavedModel folder kspec exports: it may replace that folder
+STAGING = ".kspec-export.tmp"            # `.NAME.kspec-export.tmp`: the staging folder next to NAME (exact name)
+OLD = ".kspec-export.old"                # `.NAME.kspec-export.old`: the previous export, while it is replaced
+
+
 def check_destination(path: Path, directory: bool, suffix: str | None, default_name: str) -> Path:
     if suffix and path.suffix != suffix and not path.is_dir():
         raise ExportError(Diagnostic(f"-o {path}: this format is saved to a file ending in {suffix}",
@@ -30,22 +34,39 @@ def check_destination(path: Path, directory: bool, suffix: str | None, default_n
     if directory:
         if path.is_file() or path.is_symlink():
             raise ExportError(Diagnostic(f"-o {path} is an existing file; a SavedModel is a directory"))
-        if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").exists():
-            raise ExportError(Diagnostic(f"-o {path} is a directory that is neither empty nor a SavedModel; "
-                                         "nothing was written", hint="choose a new directory name"))
+        if path.is_dir() and any(path.iterdir()) and not (path / EXPORT_MARKER).is_file():
+            raise ExportError(Diagnostic(f"-o {path} is a directory that kspec did not export (it is not empty and "
+                                         f"has no {EXPORT_MARKER}); nothing in it was changed",
+                                         hint="choose a new directory name"))
     elif path.is_dir():
         raise ExportError(Diagnostic(f"-o {path} is a directory; give a file name",
                                      hint=f"e.g. -o {path / default_name}"))
+    elif path.is_symlink():
+        raise ExportError(Diagnostic(f"-o {path} is a symbolic link; nothing was written",
+                                     hint="give the path of a regular file"))
     return path
+
+
+def _remove_own(path: Path) -> None:
+    """Remove kspec's own staging or old folder, found by its exact name (a link is unlinked, never followed)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 @contextlib.contextmanager
 def staged(destination: Path, directory: bool):
-    """Yields a temporary path (a directory or a file name) in the destination's directory."""
+    """Yields a temporary path (a directory or a file name) in `.NAME.kspec-export.tmp` next to the
+    destination. A kill -9 leaves that folder behind; the next export to NAME removes it (its exact name)."""
+    from ..rundir import _crash_point
+
     parent = destination.parent
+    work = parent / f".{destination.name}{STAGING}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=parent))
+        _remove_own(work)
+        work.mkdir()
     except OSError as exc:
         raise ExportError(Diagnostic(f"cannot write to {parent}: {exc.strerror or exc}")) from None
     try:
@@ -53,9 +74,13 @@ def staged(destination: Path, directory: bool):
         if directory:
             target.mkdir()
         yield target
+        if directory:
+            (target / EXPORT_MARKER).write_text("written by kspec export\n")
+        _crash_point("export")                 # test hook: KSPEC_CRASH_AT=export:1 (tests/test_trust.py)
         _publish(target, destination, directory)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            _remove_own(work)
 
 
 def _publish(target: Path, destination: Path, directory: bool) -> None:
@@ -65,12 +90,12 @@ def _publish(target: Path, destination: Path, directory: bool) -> None:
             return
         old = None
         if destination.exists():
-            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(destination, old)
+            old = destination.with_name(f".{destination.name}{OLD}")
+            _remove_own(old)
+            os.rename(destination, old)         # a folder kspec exported (check_destination saw its marker)
         os.rename(target, destination)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_own(old)
     except OSError as exc:
         raise ExportError(Diagnostic(f"cannot move the export into place at {destination}: "
                                      f"{exc.strerror or exc}")) from None

@@ -194,7 +194,7 @@ def make_app(state: State, on_startup=(), on_shutdown=()) -> Starlette:
 
     @handler
     async def curves(request: Request) -> Response:
-        from ..train.rundir import RunDir
+        from ..rundir import RunDir
 
         path = RunDir(state.run.path).curves
         if not path.is_file():

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import Diagnostic, KspecError, SpecError
+from ..rundir import RunDir, read_json
 from ..spec.types import Spec
-from ..train.rundir import RunDir, read_json
 from . import ServeError
 
 IMAGE_CHANNELS = (1, 3, 4)

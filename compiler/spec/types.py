@@ -121,6 +121,8 @@ class DataSpec:
     classes: tuple[str, ...] | None = None   # keep only these classes, renumbered 0..k-1 in this order
     loc: Loc | None = None
     classes_loc: Loc | None = None
+    cache: Any = "auto"                   # "auto" | "memory" | "none" | {"disk": DIR} (streamed sources)
+    on_bad_file: str = "error"            # "error" | "skip" (image files that cannot be read)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ class TrainSpec:
     steps_per_execution: int = 1
     ensemble: int = 1
     diagnostics: Mapping[str, Any] = field(default_factory=dict)   # {update_ratio: true, gradient_check: true}
+    # train.checkpoint.every_seconds: save a checkpoint when this many seconds passed since the last one
+    # (and at every phase end, and on SIGTERM/SIGINT); 0 saves every epoch. Default: README "Checkpoints".
+    checkpoint_every_seconds: float = 10.0
     loc: Loc | None = None
 
 

@@ -27,7 +27,8 @@ from .types import Component, DataSpec, InputSpec, ModelSpec, NodeSpec, PhaseSpe
 from .types import default as typed_default
 
 SIBLINGS = ("name", "inputs", "share", "call")
-SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name"}
+SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "synthetic": "name",
+           "tfrecord": "path"}
 PATH_PARAMS = ("path",)
 
 
@@ -139,6 +140,9 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
     if not resolved_cleanly:   # nodes were dropped: reference checks would only echo those errors
         errors.raise_if_any()
     structural = bool(errors.diagnostics)
+    from . import safety
+
+    safety.check(tree, errors, display_path)   # no code execution, no writes outside the run (issue 13)
     try:
         spec = _typed(tree, file, errors, display_path)
     except (KeyError, TypeError, ValueError, AttributeError, StopIteration, OverflowError):
@@ -412,6 +416,8 @@ def _train(train: Map, outputs, errors: Collector) -> TrainSpec:
         memory_growth=given("memory_growth"),
         steps_per_execution=int(given("steps_per_execution")), ensemble=int(given("ensemble")),
         diagnostics=plain(given("diagnostics")) or {},
+        checkpoint_every_seconds=float((train.get("checkpoint") or {}).get(
+            "every_seconds", typed_default(TrainSpec, "checkpoint_every_seconds"))),
         loc=train.loc)
 
 
@@ -458,7 +464,16 @@ def _data(data: Map) -> DataSpec:
                     split_seed=split.get("seed"),
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
                     classes=tuple(str(c) for c in classes) if classes is not None else None,
-                    loc=data.loc, classes_loc=data.value_loc("classes") if classes is not None else None)
+                    loc=data.loc, classes_loc=data.value_loc("classes") if classes is not None else None,
+                    cache=_data_cache(data), on_bad_file=str(data.get("on_bad_file", "error")))
+
+
+def _data_cache(data: Map):
+    """`data.cache`, a `{disk: DIR}` folder made absolute against the spec file like data paths."""
+    cache = data.get("cache", "auto")
+    if isinstance(cache, Map) and "disk" in cache:
+        return {"disk": str(relative_to(cache.value_loc("disk"), os.path.expanduser(str(cache["disk"]))).resolve())}
+    return plain(cache)
 
 
 # -- entry points for `kspec tune` (compiler/tune/), which sets `--set` paths trial by trial ------

@@ -3,7 +3,7 @@
     train(spec, run_dir=None, resume=False, workers=1, verbose=None, splits=None) -> Path   (run.py)
     evaluate.evaluate_run(run, data=None)                                      (evaluate.py)
     predict.predict_run(run, input, output=None)                               (predict.py)
-    rundir.atomic_save_model(model, path)                                      (rundir.py)
+    compiler.rundir: the run directory (layout, claim, lock, atomic writes), shared by every stage
 
 Importing this package is cheap; TensorFlow and Keras are imported when `train` is called.
 """

@@ -21,8 +21,9 @@ import keras
 import numpy as np
 
 from ..errors import Diagnostic, Loc, SpecError
+from ..rundir import RunDir, atomic_save_model, atomic_write_json, read_embedded_state
 from . import history as history_io
-from .rundir import RunDir, atomic_save_model, atomic_write_json, read_embedded_state
+from .state import ResumeState
 
 # Attributes of Keras's stateful callbacks (EarlyStopping, ReduceLROnPlateau, ModelCheckpoint...)
 # that are saved in the resume state and put back after their `on_train_begin` resets them.
@@ -57,12 +58,15 @@ class EpochGuard(keras.callbacks.Callback):
         self.epoch = 0
         self.epoch_seconds = 0.0
         self._start = 0.0
+        self.first_step_at: float | None = None     # Unix time at the end of the run's first training step
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         if self.failed is not None or not logs:
             return
         loss = logs.get("loss")
@@ -92,17 +96,28 @@ def weights_finite(model) -> bool:
 
 
 class RunRecorder(keras.callbacks.Callback):
-    """After every good epoch: append the history row, save the checkpoint, then the state.
+    """After every good epoch: append the history row; then, per the checkpoint policy, save the
+    checkpoint and the state.
 
     Write order, each atomic: history.csv, checkpoints/last.keras (with the state
     embedded; best.keras linked to it when the monitored value improved), then
     checkpoints/state.json. A kill at any point leaves a consistent state to resume
     from: resume trusts the checkpoint and cuts history.csv back to it.
+
+    Checkpoint policy (`train.checkpoint.every_seconds`, N): a checkpoint is saved at the end of
+    an epoch when N seconds or more have passed since the last one (N = 0: every epoch), at the
+    end of every phase (its last epoch, or EarlyStopping), and on SIGTERM/SIGINT (`flush`). So an
+    epoch of N seconds or more is always saved (kill -9 loses at most the epoch in progress), and
+    a run of tiny epochs pays one save per N seconds (kill -9 loses at most N seconds of epochs
+    besides the one in progress). An epoch that is not saved leaves a snapshot in memory (weights
+    and optimizer variables, copied to numpy), which `flush` writes when the run is interrupted;
+    an improved epoch that is not saved keeps its weights, so best.keras always holds the best
+    epoch when it is next written.
     """
 
     def __init__(self, run: RunDir, guard: EpochGuard, rows: list[dict], *, monitor: str, save_best: bool,
                  best_value: float | None, best_epoch: int | None, phase: dict, stateful: dict[str, Any],
-                 restore: dict | None = None, monitor_loc: Loc | None = None):
+                 restore: dict | None = None, monitor_loc: Loc | None = None, every_seconds: float = 0.0):
         super().__init__()
         self.run = run
         self.guard = guard
@@ -115,11 +130,21 @@ class RunRecorder(keras.callbacks.Callback):
         self.phase = dict(phase)              # index, name, start, epochs
         self.stateful = stateful              # key -> callback instance
         self.restore = restore                # callback states to put back at the next on_train_begin
-        self._better = None
+        self.every_seconds = float(every_seconds)
+        self.saves = 0                        # checkpoints written (for the log and the tests)
+        self.saved_seconds = 0.0              # time spent writing them
+        self._better: str | None = None
         self.checked_monitor = False
+        self._last_save = time.monotonic()
+        # Not yet on disk: (state, weights, optimizer variables) of the last finished epoch, and the
+        # weights + state of a best epoch newer than best.keras.
+        self._pending: tuple[ResumeState, list, list] | None = None
+        self._pending_best: tuple[ResumeState, list] | None = None
+        self._saved_best: tuple[float | None, int | None] = (best_value, best_epoch)
 
     # -- resume ---------------------------------------------------------------------------
     def on_train_begin(self, logs=None):
+        self._last_save = time.monotonic()
         if not self.restore:
             return
         for key, values in self.restore.items():
@@ -139,8 +164,8 @@ class RunRecorder(keras.callbacks.Callback):
             return
         if not self.run.best.exists():
             return
-        embedded = read_embedded_state(self.run.best) or {}
-        if embedded.get("epoch_done", 0) - 1 != getattr(callback, "best_epoch", -1):
+        embedded = ResumeState.from_json(read_embedded_state(self.run.best))
+        if embedded is None or embedded.epoch_done - 1 != getattr(callback, "best_epoch", -1):
             return
         try:
             callback.best_weights = keras.saving.load_model(self.run.best, compile=False).get_weights()
@@ -167,10 +192,49 @@ class RunRecorder(keras.callbacks.Callback):
         history_io.write_history(self.run.history, self.rows)
 
         improved = self._improved(logs, epoch)
+        phase_end = bool(self.model.stop_training) or (
+            self.phase.get("epochs") is not None and epoch + 1 >= self.phase.get("start", 0) + self.phase["epochs"])
         state = self.state(epoch + 1, phase_finished=bool(self.model.stop_training))
-        atomic_save_model(self.model, self.run.last, state=state,
-                          link=self.run.best if (improved and self.save_best) else None)
-        atomic_write_json(self.run.state, state)
+        if phase_end or self.every_seconds <= 0 or time.monotonic() - self._last_save >= self.every_seconds:
+            self._save(state, improved)
+        else:
+            # Deferred: keep what a save would have written, for `flush` and for best.keras.
+            weights = self.model.get_weights()
+            if improved and self.save_best:
+                self._pending_best = (state, weights)
+            self._pending = (state, weights, _optimizer_values(self.model))
+
+    def _save(self, state: ResumeState, improved: bool) -> None:
+        """last.keras (+ best.keras) then state.json. A best epoch that was not saved when it happened
+        is written to best.keras first, from its weights."""
+        started = time.perf_counter()
+        link = self.run.best if (improved and self.save_best) else None
+        if link is None and self._pending_best is not None:
+            best_state, best_weights = self._pending_best
+            current = self.model.get_weights()
+            self.model.set_weights(best_weights)
+            try:
+                atomic_save_model(self.model, self.run.best, state=best_state.to_json())
+            finally:
+                self.model.set_weights(current)
+        atomic_save_model(self.model, self.run.last, state=state.to_json(), link=link)
+        atomic_write_json(self.run.state, state.to_json())
+        self._pending = self._pending_best = None
+        self.saves += 1
+        self.saved_seconds += time.perf_counter() - started
+        self._last_save = time.monotonic()
+
+    def flush(self) -> bool:
+        """Write the last finished epoch if it is not on disk yet (SIGTERM/SIGINT mid-epoch: the epoch in
+        progress is dropped, the weights go back to the end of the one before). True if it wrote."""
+        if self._pending is None:
+            return False
+        state, weights, optimizer = self._pending
+        self.model.set_weights(weights)
+        _set_optimizer_values(self.model, optimizer)
+        best = self._pending_best
+        self._save(state, improved=best is not None and best[0].epoch_done == state.epoch_done)
+        return True
 
     def _improved(self, logs: dict, epoch: int) -> bool:
         value = logs.get(self.monitor)
@@ -199,22 +263,33 @@ class RunRecorder(keras.callbacks.Callback):
             self._better = direction(self.model, self.monitor)
         return value > best if self._better == "max" else value < best
 
-    def state(self, epoch_done: int, phase_finished: bool = False, finished: bool = False) -> dict:
-        return {
-            "epoch_done": int(epoch_done),
-            "phase": self.phase.get("index", 0),
-            "phase_name": self.phase.get("name"),
-            "phase_start": self.phase.get("start", 0),
-            "phase_epochs": self.phase.get("epochs"),
-            "phase_finished": bool(phase_finished),
-            "finished": bool(finished),
-            "monitor": self.monitor,
-            "save_best": self.save_best,
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "callbacks": callback_states(self.stateful),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+    def state(self, epoch_done: int, phase_finished: bool = False, finished: bool = False) -> ResumeState:
+        return ResumeState(
+            epoch_done=int(epoch_done),
+            phase=self.phase.get("index", 0),
+            phase_name=self.phase.get("name"),
+            phase_start=self.phase.get("start", 0),
+            phase_epochs=self.phase.get("epochs"),
+            phase_finished=bool(phase_finished),
+            finished=bool(finished),
+            monitor=self.monitor,
+            save_best=self.save_best,
+            best_value=self.best_value,
+            best_epoch=self.best_epoch,
+            callbacks=callback_states(self.stateful),
+            time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+
+
+def _optimizer_values(model) -> list:
+    optimizer = getattr(model, "optimizer", None)
+    return [keras.ops.convert_to_numpy(v) for v in getattr(optimizer, "variables", None) or []]
+
+
+def _set_optimizer_values(model, values: list) -> None:
+    optimizer = getattr(model, "optimizer", None)
+    for variable, value in zip(getattr(optimizer, "variables", None) or [], values):
+        variable.assign(value)
 
 
 def callback_states(stateful: dict[str, Any]) -> dict[str, dict]:

@@ -46,9 +46,22 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, Diagnostic, SpecError
+from ..rundir import (
+    DATA,
+    METRICS,
+    MODEL,
+    RunDir,
+    RunDirError,
+    atomic_copy,
+    atomic_save_model,
+    atomic_write_json,
+    atomic_write_text,
+    default_run_dir,
+    discard,
+    open_run,
+    read_json,
+)
 from ..spec.types import Spec
-from .rundir import (MODEL, RunDir, RunDirError, atomic_copy, atomic_save_model, atomic_write_json,
-                     atomic_write_text, default_run_dir, discard, open_run, read_json)
 
 MEMBERS = "members"
 
@@ -95,33 +108,36 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
         from ..data import load_splits
 
         splits = load_splits(spec.data, spec.model, spec.seed)      # bad data fails before a run exists
-    run = _open(spec, run_dir, resume)
-    _write_spec(run, spec, resume)
-
-    if resume and run.model.exists() and run.metrics.exists() and all(
-            _finished(run.path / MEMBERS / member_name(i)) for i in range(count)):
-        _say(verbose, f"the ensemble in {run.path} is already complete ({count} members); nothing to do")
-        return run.path
-
-    member_dirs = [run.path / MEMBERS / member_name(i) for i in range(count)]
+    run = _open(spec, run_dir, resume)            # claimed and locked (rundir.claim); released below
     try:
-        for i, directory in enumerate(member_dirs):
-            if _finished(directory):
-                _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}): already trained, in {directory}")
-                continue
-            _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}) -> {directory}")
-            again = directory.is_dir() and RunDir(directory).has_run()
-            _clear_session()
-            run_module.train(member_spec(spec, i), run_dir=directory, resume=again, workers=workers,
-                             verbose=verbose, splits=splits)
-    except (SpecError, DataError, RunDirError):
-        # A wrong spec or data, found before any member trained: leave no half-made run behind
-        # (as run.py does), so the corrected spec can use the same --run-dir.
-        if run.fresh and not any(RunDir(d).has_run() for d in member_dirs):
-            discard(run)
-        raise
+        _write_spec(run, spec, resume)
 
-    return _finish(spec, run, member_dirs, verbose, started, splits)
+        if resume and run.model.exists() and run.metrics.exists() and all(
+                _finished(run.path / MEMBERS / member_name(i)) for i in range(count)):
+            _say(verbose, f"the ensemble in {run.path} is already complete ({count} members); nothing to do")
+            return run.path
+
+        member_dirs = [run.path / MEMBERS / member_name(i) for i in range(count)]
+        try:
+            for i, directory in enumerate(member_dirs):
+                if _finished(directory):
+                    _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}): already trained, in {directory}")
+                    continue
+                _say(verbose, f"member {i + 1}/{count} (seed {spec.seed + i}) -> {directory}")
+                again = directory.is_dir() and RunDir(directory).has_run()
+                _clear_session()
+                run_module.train(member_spec(spec, i), run_dir=directory, resume=again, workers=workers,
+                                 verbose=verbose, splits=splits)
+        except (SpecError, DataError, RunDirError):
+            # A wrong spec or data, found before any member trained: leave no half-made run behind
+            # (as run.py does), so the corrected spec can use the same --run-dir.
+            if run.fresh and not any(RunDir(d).has_run() for d in member_dirs):
+                discard(run)
+            raise
+
+        return _finish(spec, run, member_dirs, verbose, started, splits)
+    finally:
+        run.release()
 
 
 def check_single_process(spec: Spec, several_processes: bool = False) -> None:
@@ -239,8 +255,8 @@ def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, star
     # warns, when loaded, that it skips the optimizer variables it expected.
     model.optimizer.build(model.trainable_variables)
     atomic_save_model(model, run.model)
-    if (member_dirs[0] / "data.json").exists():
-        atomic_copy(member_dirs[0] / "data.json", run.data)
+    if (member_dirs[0] / DATA).exists():
+        atomic_copy(member_dirs[0] / DATA, run.data)
     try:
         from ..build import describe
 
@@ -255,7 +271,7 @@ def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, star
 
     member_metrics = []
     for i, directory in enumerate(member_dirs):
-        m = read_json(directory / "metrics.json") or {}
+        m = read_json(directory / METRICS) or {}
         member_metrics.append({"name": member_name(i), "seed": spec.seed + i,
                                "run": str(Path(MEMBERS) / member_name(i)),
                                **{k: m[k] for k in ("train", "validation", "test") if k in m},

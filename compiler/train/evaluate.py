@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, Diagnostic, Loc
+from ..rundir import MODEL, SPEC, RunDir, RunDirError, read_json
 from ..spec.types import Spec
-from .rundir import RunDir, RunDirError, read_json
 
 
 @dataclass
@@ -36,22 +36,16 @@ def load_run(path: str | os.PathLike, with_model: bool = True) -> LoadedRun:
         raise RunDirError(Diagnostic(f"run directory {run.path} does not exist"))
     for required in (run.spec, run.model):
         if not required.exists():
-            what = "spec.yaml" if required == run.spec else "model.keras"
+            what = SPEC if required == run.spec else MODEL
             hint = ("the run did not finish; continue it with `kspec train SPEC --run-dir "
                     f"{run.path} --resume`" if required == run.model and run.last.exists() else "")
             raise RunDirError(Diagnostic(f"{run.path} holds no {what}; is it a kspec run directory?", hint=hint))
     from ..spec.validate import load_spec
 
     spec = load_spec(run.spec)
-    _load_plugins(spec)
+    # The run's `plugins:` are declared, never imported here: the command line loads them (--plugin).
     model = _load_model(run.model) if with_model else None
     return LoadedRun(run, spec, model, read_json(run.data) or {})
-
-
-def _load_plugins(spec: Spec) -> None:
-    from ..registry import load_plugins
-
-    load_plugins((spec.tree or {}).get("plugins") if isinstance(spec.tree, dict) else None)
 
 
 def _load_model(path: Path):
@@ -59,11 +53,15 @@ def _load_model(path: Path):
 
     import compiler.layers  # noqa: F401  (registers kspec's own layers for deserialization)
 
+    from .. import trust
+
     try:
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(path, safe_mode=trust.safe_mode_for(path))
     except Exception as exc:
         from ..build.errors import keras_message
 
+        if trust.is_safe_mode_refusal(exc):
+            raise RunDirError(trust.refused(path, str(exc))) from None
         raise RunDirError(Diagnostic(f"cannot load {path}: {keras_message(exc)}")) from None
 
 
@@ -102,13 +100,26 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, verbose: bool 
         info = info_or_splits(loaded)
         from ..data import read_inputs
 
-        x = read_inputs(data, spec.model, info.get("feature_names") or {})
-        part, name = Arrays(x, read_targets(data, spec, info, len(next(iter(x.values()))))), os.path.basename(data)
+        if os.path.isdir(data) and len(spec.model.inputs) == 1 and len(spec.model.outputs) == 1:
+            from ..data.inputs import image_folder_split  # class sub-folders, streamed
+
+            names = (info.get("class_names") or {}).get(spec.model.outputs[0]) or []
+            one_hot = spec.data is not None and any(p.name == "one_hot" for p in spec.data.preprocess)
+            part = image_folder_split(data, spec.model, list(names), one_hot,
+                                      spec.data.on_bad_file if spec.data is not None else "error")
+            name = os.path.basename(data.rstrip("/"))
+        else:
+            x = read_inputs(data, spec.model, info.get("feature_names") or {})
+            part, name = (Arrays(x, read_targets(data, spec, info, len(next(iter(x.values()))))),
+                          os.path.basename(data))
     ds = make_dataset(part, batch, shuffle=False, seed=spec.seed, cache=False)
     try:
         metrics = loaded.model.evaluate(ds, verbose=0, return_dict=True)
     except Exception as exc:
         from ..build.errors import keras_message
+        from ..data.stream import explain_failure
+
+        explain_failure(ds)            # a streamed file that cannot be read: name it
 
         raise DataError(Diagnostic(f"cannot evaluate on {name}: {keras_message(exc)}")) from None
     metrics = {k: float(np.asarray(v).reshape(())) for k, v in metrics.items()}
@@ -130,7 +141,7 @@ def read_targets(path: str, spec: Spec, info: dict, n: int) -> dict[str, np.ndar
     elif ext in (".csv", ".tsv", ".txt"):
         raw = _csv_targets(path, spec, outputs, "\t" if ext == ".tsv" else ",")
     else:
-        raise DataError(Diagnostic(f"--data takes a .csv or .npz file with inputs and targets", Loc(path)))
+        raise DataError(Diagnostic("--data takes a .csv or .npz file with inputs and targets", Loc(path)))
     out = {}
     for output, values in raw.items():
         if len(values) != n:

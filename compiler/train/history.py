@@ -13,29 +13,24 @@ import io
 import math
 from pathlib import Path
 
-from .rundir import atomic_write_text
+from ..rundir import atomic_write_text, read_history_table
 
 FIRST = ("epoch",)
 LAST = ("learning_rate", "epoch_seconds")
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:
-    """The rows of a history.csv (numbers as floats, `epoch` as int); [] if there is none."""
+    """The rows of a history.csv (numbers as floats, `epoch` as int, empty cells left out); [] if there
+    is none. Read by the run directory's one reader (compiler.rundir.read_history_table)."""
     try:
-        text = Path(path).read_text()
+        _, table = read_history_table(path)
     except OSError:
         return []
     rows = []
-    for raw in csv.DictReader(io.StringIO(text)):
-        row = {}
-        for key, value in raw.items():
-            if key is None or value in (None, ""):
-                continue
-            try:
-                row[key] = int(value) if key == "epoch" else float(value)
-            except ValueError:
-                continue
+    for raw in table:
+        row: dict = {k: v for k, v in raw.items() if not math.isnan(v)}
         if "epoch" in row:
+            row["epoch"] = int(row["epoch"])
             rows.append(row)
     return rows
 
@@ -89,7 +84,7 @@ def plot_curves(rows: list[dict], path: str | Path, best_epoch: int | None = Non
     if not rows:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure        # no pyplot: safe off the main thread, no global state
+    from matplotlib.figure import Figure  # no pyplot: safe off the main thread, no global state
 
     names = [k for k in columns(rows) if k not in FIRST + LAST and not k.startswith("val_")]
     names.sort(key=lambda k: k != "loss")
@@ -124,7 +119,7 @@ def plot_curves(rows: list[dict], path: str | Path, best_epoch: int | None = Non
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    from .rundir import atomic_write_bytes
+    from ..rundir import atomic_write_bytes
 
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)

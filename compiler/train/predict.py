@@ -23,8 +23,8 @@ import sys
 import numpy as np
 
 from ..errors import DataError, Diagnostic
+from ..rundir import atomic_write_bytes, atomic_write_text
 from .evaluate import info_or_splits, load_run
-from .rundir import atomic_write_bytes, atomic_write_text
 
 
 def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -> dict[str, np.ndarray]:
@@ -32,17 +32,22 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
     spec, model = loaded.spec, loaded.model
     info = info_or_splits(loaded)
     from ..data import read_inputs
+    from ..data.inputs import image_stream
 
-    x = read_inputs(input, spec.model, info.get("feature_names") or {})
-    names = [i.name for i in spec.model.inputs]
-    feed = x[names[0]] if len(names) == 1 else {n: x[n] for n in names}
-    if any(np.asarray(v).dtype.kind in "USO" for v in x.values()):   # raw text: Keras takes it as tf strings
-        import tensorflow as tf
-
-        feed = tf.nest.map_structure(tf.constant, feed)
     batch = spec.train.batch_size if spec.train else 32
+    streamed = image_stream(input, spec.model, batch)      # a folder of images: decoded batch by batch
+    if streamed is not None:
+        feed = streamed[0]
+    else:
+        x = read_inputs(input, spec.model, info.get("feature_names") or {})
+        names = [i.name for i in spec.model.inputs]
+        feed = x[names[0]] if len(names) == 1 else {n: x[n] for n in names}
+        if any(np.asarray(v).dtype.kind in "USO" for v in x.values()):   # raw text: Keras takes it as tf strings
+            import tensorflow as tf
+
+            feed = tf.nest.map_structure(tf.constant, feed)
     try:
-        raw = model.predict(feed, batch_size=batch, verbose=0)
+        raw = model.predict(feed, batch_size=None if streamed else batch, verbose=0)
     except Exception as exc:
         from ..build.errors import keras_message
 
@@ -117,10 +122,20 @@ def table(predictions: dict[str, np.ndarray], info: dict, prefix: bool) -> dict[
     return columns
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell_text(value) -> str:
+    """A text cell as written to a CSV: text a spreadsheet would run as a formula (a class named
+    `=HYPERLINK(...)`, `+1`, `@SUM`) gets a leading `'`, which spreadsheets show as plain text."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def to_csv(columns: dict[str, list]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(list(columns))
+    writer.writerow([cell_text(c) for c in columns])
     for row in zip(*columns.values()):
-        writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+        writer.writerow([f"{v:.6g}" if isinstance(v, float) else cell_text(v) for v in row])
     return out.getvalue()

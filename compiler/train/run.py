@@ -24,8 +24,10 @@ restored exactly: the shuffling order of later epochs (tf.data's reshuffle state
 is not saved; the resumed run draws a different, still seeded, order), other
 state of user callbacks, and EarlyStopping's best weights when it monitors
 something other than train.monitor. The model and data sections of the spec must
-be those of the run; the train section may change (e.g. more epochs). A finished
-run is not extended: resuming it does nothing.
+be those of the run; the train section may change (e.g. more epochs), except what the
+checkpoint was compiled with (loss, loss_weights, metrics, optimizer): a resume that changes
+those is refused, naming what changed (rather than training on with the checkpoint's old loss
+while spec.yaml records the new one). A finished run is not extended: resuming it does nothing.
 
 Why not Keras's BackupAndRestore / ModelCheckpoint: both write their files in
 place (a kill mid-write leaves a corrupt file), BackupAndRestore deletes its
@@ -49,15 +51,25 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..errors import DataError, Diagnostic, KspecError, SpecError, TrainingError
 from ..data.split import Splits
+from ..errors import DataError, Diagnostic, KspecError, SpecError, TrainingError
+from ..rundir import (
+    RunDir,
+    RunDirError,
+    atomic_save_model,
+    atomic_write_json,
+    atomic_write_text,
+    claim,
+    discard,
+    latest_run_dir,
+    open_run,
+    resolve_inside,
+    writes_path,
+)
 from ..spec.types import Component, PhaseSpec, Spec
 from . import history as history_io
-from .rundir import (RunDir, RunDirError, atomic_save_model, atomic_write_json, atomic_write_text, claim,
-                     discard, latest_run_dir, open_run)
-
-# Callback arguments that name a file or folder; relative ones are taken inside the run directory.
-PATH_ARGUMENTS = ("filepath", "filename", "log_dir", "backup_dir")
+from .interrupt import interruptible, shielded
+from .state import ResumeState, where_to_start
 
 
 def check_workers(workers: int) -> None:
@@ -93,15 +105,17 @@ def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = F
     plan = distribution_plan(spec.train)
     if not plan.is_chief:
         return _train_worker(spec, run_dir, resume, verbose, started, plan, splits)
-    run = _open_run(spec, run_dir, resume)
+    run = _open_run(spec, run_dir, resume)          # claimed and locked (rundir.claim)
     try:
         return _train(spec, run, resume, verbose, started, plan, splits)
     except (SpecError, DataError, RunDirError):
         # Wrong input found before any training: leave no half-made run behind, so that the
-        # corrected spec can be run with the same --run-dir.
+        # corrected spec can be run with the same --run-dir (only files kspec wrote are removed).
         if run.fresh and not run.last.exists():
             discard(run)
         raise
+    finally:
+        run.release()
 
 
 def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: float, plan,
@@ -119,7 +133,10 @@ def _train_worker(spec: Spec, run_dir, resume: bool, verbose: int, started: floa
         if resume:
             _copy_run(RunDir(_chief_run_dir(spec, run_dir)), RunDir(scratch / "run"))
         run = claim(scratch / "run", resume=resume)
-        _train(spec, run, resume, 0, started, plan, splits)
+        try:
+            _train(spec, run, resume, 0, started, plan, splits)
+        finally:
+            run.release()
         _say(verbose, f"worker {plan.rank} of {plan.workers}: done (the chief, worker 0, wrote the run directory)")
         return Path(run_dir) if run_dir is not None else run.path
     finally:
@@ -143,11 +160,11 @@ def _chief_run_dir(spec: Spec, run_dir) -> Path:
 
 
 def _copy_run(source: RunDir, target: RunDir) -> None:
-    """What a resume reads (spec, history, checkpoints and their state), copied file by file."""
+    """What a resume reads (kspec's marker, spec, history, checkpoints and their state), copied file by file."""
     import shutil
 
     target.checkpoints.mkdir(parents=True, exist_ok=True)
-    for src, dst in ((source.spec, target.spec), (source.history, target.history), (source.data, target.data),
+    for src, dst in ((source.marker, target.marker), (source.spec, target.spec), (source.history, target.history), (source.data, target.data),
                      (source.last, target.last), (source.best, target.best), (source.state, target.state)):
         if src.is_file():
             shutil.copyfile(src, dst)
@@ -155,11 +172,11 @@ def _copy_run(source: RunDir, target: RunDir) -> None:
 
 def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, plan,
            splits: Splits | None = None) -> Path:
-    state = run.read_state() if resume else None
+    state = ResumeState.from_json(run.read_state()) if resume else None
     phases = _phases(spec)
-    if state is not None and _finished(state, phases):
+    if state is not None and state.finished:
         _write_spec(run, spec, resume=True, check_only=True)
-        _say(verbose, f"the run in {run.path} is already complete ({state['epoch_done']} epochs); nothing to do")
+        _say(verbose, f"the run in {run.path} is already complete ({state.epoch_done} epochs); nothing to do")
         return run.path
     _write_spec(run, spec, resume=state is not None)
     if resume and state is None and run.has_run():
@@ -174,23 +191,28 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, 
 
     # First of all: GPU memory growth, and the strategy (a multi-worker one waits here for its cluster).
     distribution = start_distribution(plan, spec.train)
-    _configure(spec, keras, tf)
+    precision = _configure(spec, keras, tf)
     if distribution.replicas > 1 or distribution.mode == "multi_worker":
         _say(verbose, distribution.describe(spec.train.batch_size))
+    if precision.setting == "auto" or precision.policy != "float32":
+        _say(verbose, precision.describe())
     with distribution.strategy.scope():
-        return _train_in_scope(spec, run, state, phases, verbose, started, distribution, splits)
+        return _train_in_scope(spec, run, state, phases, verbose, started, distribution, splits, precision)
 
 
-def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose: int, started: float,
-                    distribution, splits: Splits | None) -> Path:
+def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, verbose: int, started: float,
+                    distribution, splits: Splits | None, precision=None) -> Path:
     """Data, model, fit, evaluate: everything that creates or reads variables, inside the strategy's scope."""
     import keras
 
     from ..data import check_labels, input_layers, load_splits, make_dataset
 
+    prechecked = splits is not None            # `kspec train` loaded the data and checked the losses (warnings)
     if splits is None:
         splits = load_splits(spec.data, spec.model, spec.seed)
     _write_data_info(run, splits, spec)
+    for note in splits.notes:
+        _say(verbose, note)
     if splits.validation is None and spec.train.monitor.startswith("val_"):
         monitor = spec.train.monitor.removeprefix("val_")
         _say(verbose, f"note: no validation split, so train.monitor {spec.train.monitor} falls back to {monitor}")
@@ -199,7 +221,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
 
     if state is not None:
         model = _load_checkpoint(run, keras)
-        rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state["epoch_done"]]
+        rows = [r for r in history_io.read_history(run.history) if r["epoch"] < state.epoch_done]
         history_io.write_history(run.history, rows)
     else:
         model = _build(spec, splits, input_layers, log=lambda line: _say(verbose, line))
@@ -213,11 +235,15 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         rows = []
         if run.history.exists():
             history_io.write_history(run.history, rows)
+    from .losscheck import check_losses
+
+    check_losses(spec, splits, _output_units(spec, model), warn=not prechecked)   # loss vs labels (issue 13)
     check_labels(splits, _output_units(spec, model))
     _write_summary(run, model)
 
     batch = spec.train.batch_size
-    done = int(state["epoch_done"]) if state else 0
+    begin = where_to_start(state, [p.epochs for p in phases])
+    done = begin.done
     train_ds = make_dataset(splits.train, batch, shuffle=True, seed=spec.seed + done)
     val_ds = make_dataset(splits.validation, batch, shuffle=False, seed=spec.seed) if splits.validation else None
     class_weight = _class_weight(spec, splits, model)
@@ -232,9 +258,9 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         callbacks.append(EpochTensorBoard(str(run.tensorboard)))
     recorder = RunRecorder(run, guard, rows, monitor=monitor, save_best=spec.train.keep == "best",
                            monitor_loc=spec.train.loc,
-                           best_value=state.get("best_value") if state else None,
-                           best_epoch=state.get("best_epoch") if state else None,
-                           phase={}, stateful=stateful)
+                           best_value=state.best_value if state else None,
+                           best_epoch=state.best_epoch if state else None,
+                           phase={}, stateful=stateful, every_seconds=_checkpoint_seconds(spec, distribution))
     callbacks.append(recorder)
     from ..diagnose.update_ratio import diagnostic_callbacks
 
@@ -244,13 +270,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
         callbacks.append(printer)
 
     # Where to start: a fresh run at phase 0; a resumed one in its phase, or the next if that one ended.
-    index, start, restore, fresh_phase = 0, 0, None, True
-    if state is not None:
-        index, start = int(state.get("phase", 0)), int(state.get("phase_start", 0))
-        if state.get("phase_finished") or index >= len(phases) or done >= start + phases[index].epochs:
-            index, start = index + 1, done
-        else:
-            restore, fresh_phase = state.get("callbacks") or {}, False
+    index, start, restore, fresh_phase = begin.phase, begin.start, begin.restore, begin.fresh_phase
 
     for i in range(index, len(phases)):
         phase = phases[i]
@@ -266,23 +286,24 @@ def _train_in_scope(spec: Spec, run: RunDir, state: dict | None, phases, verbose
             printer.phase = phase.name if len(phases) > 1 else None
         if done == 0 and state is None:
             # An initial checkpoint: a run that fails in its first epoch still leaves a loadable model.
-            initial = recorder.state(0)
+            initial = recorder.state(0).to_json()
             atomic_save_model(model, run.last, state=initial)
             atomic_write_json(run.state, initial)
         if len(phases) > 1 and verbose:
             _say(verbose, f"phase {i + 1}/{len(phases)} '{phase.name}': epochs {start}..{end - 1}, "
                           f"{_trainable_count(model):,} trainable parameters")
         if done < end:
-            _fit(model, train_ds, val_ds, done, end, callbacks, 1 if verbose == 1 else 0, class_weight, guard, run)
+            _fit(model, train_ds, val_ds, done, end, callbacks, 1 if verbose == 1 else 0, class_weight, guard, run,
+                 recorder)
         done = len(recorder.rows) and recorder.rows[-1]["epoch"] + 1
         if i + 1 < len(phases):
             # Phase boundary: checkpoint the weights the next phase starts from (EarlyStopping may have
             # restored its best ones) and say so in the state, so a resume starts the next phase.
-            boundary = recorder.state(done, phase_finished=True)
+            boundary = recorder.state(done, phase_finished=True).to_json()
             atomic_save_model(model, run.last, state=boundary)
             atomic_write_json(run.state, boundary)
 
-    return _finish(run, spec, model, splits, recorder, make_dataset, batch, verbose, started, keras)
+    return _finish(run, spec, model, splits, recorder, make_dataset, batch, verbose, started, keras, precision)
 
 
 # -- run directory ------------------------------------------------------------------------
@@ -319,10 +340,30 @@ def _write_spec(run: RunDir, spec: Spec, resume: bool, check_only: bool = False)
                 f"--resume: the spec's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from those of the run in {run.path} "
                 f"(see {run.spec}); a run can only be continued with the same model and data",
                 hint="use the run's own spec.yaml, or start a new run without --resume"))
+        compiled = _compile_changes(old.get("train"), new.get("train"))
+        if compiled:
+            raise RunDirError(Diagnostic(
+                f"--resume: the spec's train.{', train.'.join(compiled)} "
+                f"{'differs' if len(compiled) == 1 else 'differ'} from the run in {run.path} (see {run.spec}); its checkpoint was compiled with the old "
+                f"{' and '.join(compiled)} (and holds that optimizer's state), so continuing would train with "
+                "one thing and record another",
+                path=f"train.{compiled[0]}",
+                hint="start a new run without --resume (or put the old value back to continue this one); "
+                     "epochs, callbacks and phases may change on --resume"))
         if old == new:
             return
     if not check_only:
         atomic_write_text(run.spec, text)
+
+
+# The train keys a checkpoint was compiled with: a resume refuses to change them (it would load the old
+# compiled loss and optimizer state while spec.yaml records the new ones). Everything else may change.
+COMPILED_KEYS = ("loss", "loss_weights", "metrics", "optimizer")
+
+
+def _compile_changes(old: Any, new: Any) -> list[str]:
+    old, new = (old if isinstance(old, dict) else {}), (new if isinstance(new, dict) else {})
+    return [k for k in COMPILED_KEYS if old.get(k) != new.get(k)]
 
 
 def _write_data_info(run: RunDir, splits, spec: Spec) -> None:
@@ -335,6 +376,8 @@ def _write_data_info(run: RunDir, splits, spec: Spec) -> None:
         "feature_names": splits.feature_names,
         "targets": splits.targets,
         "sizes": {name: len(part) for name, part in splits.splits().items()},
+        "notes": list(splits.notes),
+        "skipped": [{"file": f, "why": why} for f, why in splits.skipped],
     })
 
 
@@ -354,22 +397,25 @@ def _say(verbose: int, text: str) -> None:
 
 # -- setup ------------------------------------------------------------------------------------
 
-def _configure(spec: Spec, keras, tf) -> None:
-    from ..distribute.strategy import mixed_precision_policy
+def _configure(spec: Spec, keras, tf):
+    """Seeds, determinism and the dtype policy; returns the PrecisionChoice (printed and recorded)."""
+    from ..distribute.strategy import choose_precision
 
     keras.utils.set_random_seed(spec.seed)
     if spec.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(mixed_precision_policy(spec.train.mixed_precision))
+    precision = choose_precision(spec.train, spec.model)
+    keras.mixed_precision.set_global_policy(precision.policy)
+    return precision
 
 
 def _build(spec: Spec, splits, input_layers, log=print):
     from ..build import build_model, compile_model
-    from ..build.adapt import adapt_on_arrays
+    from ..build.adapt import adapt_on_split
 
     layers = input_layers(spec.data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
-    adapt_on_arrays(model, splits.train.x, spec.train.batch_size, log, spec.model)   # an in-model Normalization: {}
+    adapt_on_split(model, splits.train, spec.train.batch_size, log, spec.model)   # an in-model Normalization: {}
     check_phase_patterns(model, spec)
     compile_model(model, spec.train, spec.model)
     return model
@@ -435,9 +481,14 @@ def _spec_callbacks(spec: Spec, run: RunDir) -> list:
     out, problems = [], []
     for component in spec.train.callbacks:
         args = dict(component.args)
-        for key in PATH_ARGUMENTS:
-            if isinstance(args.get(key), str) and not os.path.isabs(args[key]):
-                args[key] = str(run.path / args[key])
+        for key, value in list(args.items()):
+            if writes_path(key) and isinstance(value, str):
+                try:       # checked at validate; again here with symbolic links resolved (issue 13)
+                    args[key] = str(resolve_inside(run, value, key))
+                except RunDirError as exc:
+                    where = f"train.callbacks.{component.name}.{key}"
+                    problems.extend(dataclasses.replace(d, loc=component.loc, path=where) for d in exc.diagnostics)
+                    continue
         try:
             out.append(registry.create("callbacks", spec_value(dataclasses.replace(component, args=args))))
         except SpecError as exc:
@@ -450,13 +501,14 @@ def _spec_callbacks(spec: Spec, run: RunDir) -> list:
     return out
 
 
+def _checkpoint_seconds(spec: Spec, distribution) -> float:
+    """train.checkpoint.every_seconds; 0 (every epoch) with several workers: a save reads variables through
+    collective ops, so every worker must save at the same epochs, which a clock of its own cannot promise."""
+    return 0.0 if distribution.mode == "multi_worker" else spec.train.checkpoint_every_seconds
+
+
 def _phases(spec: Spec) -> tuple[PhaseSpec, ...]:
     return spec.train.phases or (PhaseSpec(name="train", epochs=spec.train.epochs),)
-
-
-def _finished(state: dict, phases) -> bool:
-    """The run wrote its final artifacts (a resume of it has nothing to do)."""
-    return bool(state.get("finished"))
 
 
 # -- phases ----------------------------------------------------------------------------------
@@ -539,16 +591,24 @@ def _trainable_count(model) -> int:
 # -- fit ---------------------------------------------------------------------------------------
 
 def _fit(model, train_ds, val_ds, initial_epoch: int, epochs: int, callbacks, keras_verbose: int,
-         class_weight, guard, run: RunDir) -> None:
+         class_weight, guard, run: RunDir, recorder=None) -> None:
     try:
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
-                  callbacks=callbacks, verbose=keras_verbose, class_weight=class_weight,
-                  shuffle=False)   # the tf.data pipeline shuffles
+        with interruptible():
+            model.fit(train_ds, validation_data=val_ds, initial_epoch=initial_epoch, epochs=epochs,
+                      callbacks=callbacks, verbose=keras_verbose, class_weight=class_weight,
+                      shuffle=False)   # the tf.data pipeline shuffles
     except KspecError:
         raise
     except KeyboardInterrupt:
+        # SIGINT/SIGTERM: the epochs finished but not yet checkpointed are saved before exiting.
+        if recorder is not None:
+            with shielded():
+                recorder.flush()
         raise
     except Exception as exc:
+        from ..data.stream import explain_failure
+
+        explain_failure(train_ds, val_ds)      # a file that a streamed pipeline could not read: name it
         raise _training_error(exc, guard, run) from None
     if guard.failed is not None:
         epoch, batch, what = guard.failed
@@ -576,7 +636,7 @@ def _training_error(exc: BaseException, guard, run: RunDir) -> TrainingError:
 # -- the end ---------------------------------------------------------------------------------
 
 def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batch: int, verbose: int,
-            started: float, keras) -> Path:
+            started: float, keras, precision=None) -> Path:
     rows = recorder.rows
     if spec.train.keep == "best" and run.best.exists():
         model.load_weights(run.best)
@@ -600,13 +660,19 @@ def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batc
         "keep": spec.train.keep,
         "wall_seconds": round(time.perf_counter() - started, 3),
     })
+    if precision is not None:
+        metrics["precision"] = precision.to_json()   # the dtype policy trained under, and why
+    from .timing import since_start
+
+    first_step = getattr(recorder.guard, "first_step_at", None)
+    metrics["first_step_seconds"] = since_start(first_step) if first_step else None   # process start -> step 1
     atomic_write_json(run.metrics, metrics)
     try:
         plot.result()
     except Exception as exc:          # the model and metrics are saved: a plot is not worth failing for
         print(f"kspec: warning: could not draw {run.curves}: {type(exc).__name__}: {exc}", file=sys.stderr)
     final = recorder.state(epochs, phase_finished=True, finished=True)
-    atomic_write_json(run.state, final)
+    atomic_write_json(run.state, final.to_json())
     from ..diagnose.curves import report_run
 
     report_run(run.path, verbose)   # the learning curve in words -> diagnosis.txt

@@ -37,7 +37,7 @@ def tune(spec_path: str, overrides: list[str], plugins: list[str], trials: int |
         raise SpecError(Diagnostic(f"--storage is `auto` or postgresql://USER@HOST/DB, got {url.split('://')[0]}://..."))
     total = trials or search.trials
     name = study_name or spec.name
-    from ..train.rundir import _safe
+    from ..rundir import _safe
 
     study_dir = Path(root) / f"{_safe(name)}-study"
     from .report import hparams, plot

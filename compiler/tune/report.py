@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..train.rundir import SPEC, atomic_write_text
+from ..rundir import SPEC, atomic_write_text
 from .space import SearchSpec
 
 TRIALS_CSV = "trials.csv"

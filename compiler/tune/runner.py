@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Diagnostic
+from ..rundir import HISTORY, METRICS
 from ..train.history import read_history
-from ..train.rundir import HISTORY, METRICS
 from . import report
 from .space import Param, SearchSpec, active, base_tree, decode, encode
 from .study import TuneError

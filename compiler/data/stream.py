@@ -1,0 +1,229 @@
+"""Streamed splits: examples that stay in their files until `tf.data` reads them, batch by batch.
+
+A `Stream` is the streamed counterpart of `Arrays` and offers what every consumer
+of a split needs: `len()`, the targets `y` (class indices are a few bytes per
+example, so they are in memory: the split, `check_labels` and class weights use
+them as for arrays), `take(index)`, `sample(n)` (decoded `Arrays` of the first n
+examples, for export checks and `kspec check --overfit`) and `dataset(...)`, the
+batched pipeline. `pipeline.make_dataset` and `pipeline.input_dataset` accept both,
+so train, evaluate, predict and adapt never need to know which one they hold.
+
+Caching (`data.cache`): `memory` keeps the decoded examples after the first epoch,
+`disk: {disk: DIR}` writes them to a tf.data cache file in DIR named after a hash
+of everything that determines them (a later run of the same spec reuses it), `none`
+decodes every epoch, `auto` (the default) caches in memory when the decoded data
+set fits comfortably (AUTO_CACHE_FRACTION of the memory available, at most
+AUTO_CACHE_MAX) and otherwise streams; the choice is printed and kept in data.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, Diagnostic
+from .split import Arrays
+
+CACHE_MODES = ("auto", "memory", "none")       # or {disk: DIR}
+AUTO_CACHE_FRACTION = 0.25
+AUTO_CACHE_MAX = 4 * 2 ** 30
+DISK_SHUFFLE_BUFFER = 4096
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    mode: str                        # "memory" | "none" | "disk"
+    directory: str | None = None
+    key: str = ""                    # hash of what determines the decoded examples (disk cache file names)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One split of a streamed source: each example's file (`refs.x`) and its targets (`refs.y`)."""
+
+    refs: Arrays
+    reader: Any                      # images.ImageReader: file path tensor -> input tensor
+    cache: CachePlan
+    split: str = "train"
+
+    @property
+    def y(self) -> dict[str, np.ndarray]:
+        return self.refs.y
+
+    @property
+    def origin(self) -> np.ndarray | None:
+        return self.refs.origin
+
+    @property
+    def files(self) -> np.ndarray:
+        return next(iter(self.refs.x.values()))
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def take(self, index: np.ndarray) -> "Stream":
+        return replace(self, refs=self.refs.take(index), cache=replace(self.cache, mode="none"))
+
+    def sample(self, n: int) -> Arrays:
+        """The first `n` examples, decoded, as Arrays."""
+        k = min(n, len(self))
+        if getattr(self.reader, "batched", False):
+            return Arrays(self.reader.read_many(self.files[:k]), {o: v[:k] for o, v in self.y.items()},
+                          self.origin[:k] if self.origin is not None else None)
+        x = {name: np.stack([self.reader.read(str(p)) for p in files[:k]]) if k else np.zeros((0,))
+             for name, files in self.refs.x.items()}
+        return Arrays(x, {o: v[:k] for o, v in self.y.items()},
+                      self.origin[:k] if self.origin is not None else None)
+
+    def dataset(self, batch_size: int, shuffle: bool, seed: int, targets: bool = True, cache: bool = True):
+        """Batched (x, y) (or x) pipeline: shuffle the file list, decode in parallel, cache as planned, prefetch."""
+        import tensorflow as tf
+
+        if getattr(self.reader, "batched", False):
+            return register(self._batched(batch_size, shuffle, seed, targets, cache), self)
+        names = list(self.refs.x)
+        files = tuple(self.refs.x[n].astype(str) for n in names)
+        y = _structure(self.y) if targets and self.y else None
+        ds = tf.data.Dataset.from_tensor_slices((files, y) if y is not None else (files,))
+        reader = self.reader
+
+        def decode(paths, *rest):
+            decoded = [reader.element(p) for p in paths]
+            x = decoded[0] if len(decoded) == 1 else dict(zip(names, decoded))
+            return (x, rest[0]) if rest else x
+
+        mode = self.cache.mode if cache else "none"
+        auto = tf.data.AUTOTUNE
+        if mode == "none":
+            if shuffle:
+                ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.map(decode, num_parallel_calls=auto, deterministic=True)
+        else:
+            ds = ds.map(decode, num_parallel_calls=auto, deterministic=True)
+            if mode == "disk":
+                ds = ds.cache(self.cache_file())
+            else:
+                ds = ds.cache()
+            if shuffle:
+                buffer = len(self) if mode == "memory" else min(len(self), DISK_SHUFFLE_BUFFER)
+                ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size).prefetch(auto)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return register(ds.with_options(options), self)
+
+    def _batched(self, batch_size: int, shuffle: bool, seed: int, targets: bool, cache: bool):
+        """Readers of whole batches (memory-mapped arrays): shuffle indices, batch them, gather the rows."""
+        import tensorflow as tf
+
+        index = self.files.astype(np.int64)
+        y = _structure(self.y) if targets and self.y else None
+        ds = tf.data.Dataset.from_tensor_slices((index, y) if y is not None else index)
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        reader = self.reader
+        ds = ds.batch(batch_size).map((lambda i, t: (reader.batch(i), t)) if y is not None else reader.batch,
+                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+    def cache_file(self) -> str:
+        return os.path.join(str(self.cache.directory), f"kspec-cache-{self.cache.key}-{self.split}")
+
+    def find_bad_file(self) -> None:
+        """Decode every file eagerly; raise a DataError naming the first that fails (after a failed epoch)."""
+        import tensorflow as tf
+
+        for files in self.refs.x.values():
+            for path in files:
+                try:
+                    self.reader.read(str(path))
+                except (tf.errors.OpError, ValueError) as exc:
+                    text = getattr(exc, "message", str(exc)).split("[Op:")[0].strip()
+                    raise DataError(Diagnostic(f"cannot decode image: {text.splitlines()[-1] if text else exc}",
+                                               _loc(str(path)),
+                                               hint="replace or remove the file, or set "
+                                                    "`data.on_bad_file: skip`")) from None
+
+
+_STREAMS: dict[int, Any] = {}
+
+
+def register(ds, stream):
+    """Remember which streamed split `ds` reads, so that a failed epoch can name the bad file."""
+    _STREAMS[id(ds)] = stream
+    weakref.finalize(ds, _STREAMS.pop, id(ds), None)
+    return ds
+
+
+def explain_failure(*datasets) -> None:
+    """Called when fit/evaluate fails: if a dataset is streamed from files, raise a DataError naming
+    the file that cannot be read (tf.data errors name no file); otherwise return."""
+    for ds in datasets:
+        stream = _STREAMS.get(id(ds)) if ds is not None else None
+        if stream is not None:
+            stream.find_bad_file()
+
+
+def _loc(path: str):
+    from ..errors import Loc
+
+    return Loc(path)
+
+
+def _structure(arrays: dict):
+    return next(iter(arrays.values())) if len(arrays) == 1 else dict(arrays)
+
+
+def plan_cache(setting: Any, examples: int, bytes_per_example: int, key_parts: dict) -> CachePlan:
+    """What to cache, from `data.cache` and the decoded size of the whole data set."""
+    total = examples * bytes_per_example
+    size = _size_text(total)
+    key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if isinstance(setting, dict):
+        directory = str(setting.get("disk"))
+        return CachePlan("disk", directory, key, f"data: caching {examples:,} decoded examples ({size}) on disk "
+                                                 f"in {directory} (data.cache: disk)")
+    if setting == "memory":
+        return CachePlan("memory", note=f"data: caching {examples:,} decoded examples ({size}) in memory "
+                                        "(data.cache: memory)")
+    if setting == "none":
+        return CachePlan("none", note=f"data: streaming {examples:,} examples from their files each epoch "
+                                      "(data.cache: none)")
+    budget = min(AUTO_CACHE_MAX, int(AUTO_CACHE_FRACTION * _available_memory()))
+    if total <= budget:
+        return CachePlan("memory", note=f"data: caching {examples:,} decoded examples ({size}) in memory "
+                                        f"(data.cache: auto; fits in {_size_text(budget)})")
+    return CachePlan("none", note=f"data: streaming {examples:,} examples from their files each epoch: decoded "
+                                  f"they take {size}, more than data.cache: auto keeps in memory "
+                                  f"({_size_text(budget)}); set `data.cache: {{disk: DIR}}` to decode once")
+
+
+def _available_memory() -> int:
+    """MemAvailable (free memory plus what the page cache can give back), in bytes."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 30
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GB", 2 ** 30), ("MB", 2 ** 20), ("kB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

@@ -1,0 +1,94 @@
+"""Turn a split file list into streamed splits: check it against the model input, plan the cache.
+
+The split itself is `split.split_table` on the table of file paths (seeded and
+stratified exactly as for arrays); this module wraps each split into a `Stream`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from ..errors import DataError, Diagnostic
+from ..spec.types import DataSpec, ModelSpec
+from .bind import shape_text
+from .split import Splits
+from .stream import Stream, plan_cache
+from .table import Table
+
+
+def check_streamed(table: Table, data: DataSpec, model: ModelSpec) -> Table:
+    """The model input must take what the reader yields (height, width, channels)."""
+    if getattr(table.reader, "batched", False):
+        return _check_arrays(table, data, model)
+    spec = model.inputs[0]
+    reader = table.reader
+    have = (*reader.size, reader.channels)
+    want = tuple(spec.shape)
+    if len(want) != 3 or any(w is not None and w != h for w, h in zip(want, have)):
+        message = (f"input {spec.name!r} expects shape {shape_text(want)} per example but the images of "
+                   f"{os.path.basename(str(table.file).rstrip('/'))} are read as {shape_text(have)}")
+        if len(want) == 3:
+            message += " (set the input's shape, or `size:` / `color_mode:` under data.source)"
+        raise DataError(Diagnostic(message, spec.loc or data.loc, f"model.inputs.{spec.name}"))
+    if spec.dtype in ("string", "bool"):
+        raise DataError(Diagnostic(f"input {spec.name!r} is {spec.dtype}, but images are numbers",
+                                   spec.loc or data.loc, f"model.inputs.{spec.name}"))
+    return table
+
+
+def _check_arrays(table: Table, data: DataSpec, model: ModelSpec) -> Table:
+    """Memory-mapped inputs: each input's per-example shape as declared, as many examples as targets."""
+    reader = table.reader
+    n = len(next(iter(table.x.values())))
+    for (name, key), shape, mm in zip(reader.keys, reader.shapes, reader.arrays().values()):
+        spec = next(i for i in model.inputs if i.name == name)
+        want = tuple(spec.shape)
+        if len(want) != len(shape) or any(w is not None and w != h for w, h in zip(want, shape)):
+            raise DataError(Diagnostic(f"input {name!r} expects shape {shape_text(want)} per example but array "
+                                       f"{key!r} of {os.path.basename(str(table.file))} has shape {shape_text(shape)}",
+                                       spec.loc or data.loc, f"model.inputs.{name}"))
+        if len(mm) != n:
+            raise DataError(Diagnostic(f"array {key!r} has {len(mm)} examples but the targets have {n}",
+                                       data.loc, "data.source"))
+    if data.reshape:
+        raise DataError(Diagnostic("`reshape` applies to arrays read into memory, not memory-mapped ones",
+                                   data.loc, "data.reshape", hint="save the arrays in their final shape"))
+    return table
+
+
+def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Splits:
+    files = next(iter(table.x.values()))
+    key = {"source": dict(data.params), "reader": repr(table.reader), "seed": seed, "classes": data.classes,
+           "validation": data.validation, "test": data.test,
+           "files": _fingerprint([table.file] if getattr(table.reader, "batched", False) else files)}
+    if isinstance(data.cache, dict) and not os.path.isdir(str(data.cache.get("disk"))):
+        raise DataError(Diagnostic(f"data.cache: disk folder {data.cache.get('disk')} does not exist",
+                                   data.loc, "data.cache", hint="create the folder (kspec writes only "
+                                                                "kspec-cache-* files in it)"))
+    plan = plan_cache(data.cache, len(files), table.reader.bytes_per_example(), key)
+    if getattr(table.reader, "batched", False):        # memory-mapped: the page cache is the cache
+        plan = replace(plan, mode="none", note=f"data: memory-mapping {len(files):,} examples of "
+                                               f"{os.path.basename(str(table.file))}, read batch by batch")
+    parts = {name: Stream(part, table.reader, plan, name) if part is not None else None
+             for name, part in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
+    notes = [plan.note]
+    if table.skipped:
+        notes.append(f"data: skipped {len(table.skipped)} unreadable file(s) (data.on_bad_file: skip; listed in "
+                     "data.json)")
+    return replace(splits, train=parts["train"], validation=parts["validation"], test=parts["test"],
+                   notes=tuple(notes), skipped=table.skipped)
+
+
+def _fingerprint(files) -> str:
+    """Names, sizes and modification times of the files: a changed file gives a new disk cache."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in files:
+        try:
+            st = os.stat(str(path))
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\0-\n".encode())
+    return h.hexdigest()
