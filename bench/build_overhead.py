@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
-from compiler.build import build_model, compile_model  # noqa: E402
+from compiler.builder import build_model, compile_model  # noqa: E402
 from compiler.errors import Loc  # noqa: E402
 from compiler.spec.types import Component, InputSpec, ModelSpec, NodeSpec, TrainSpec  # noqa: E402
 

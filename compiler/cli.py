@@ -129,7 +129,7 @@ def cmd_build(args) -> int:
     import_tensorflow()
     import keras
 
-    from .build import build_model, compile_model, describe
+    from .builder import build_model, compile_model, describe
 
     keras.utils.set_random_seed(spec.seed)        # seeded like `kspec train`: two builds, the same weights
     model = build_model(spec.model, spec.name)

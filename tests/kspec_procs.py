@@ -39,7 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import tensorflow, keras, sklearn.datasets, sklearn.model_selection, matplotlib.figure
 import matplotlib.backends.backend_agg, PIL.Image, yaml, jsonschema
-import compiler.cli, compiler.layers, compiler.data, compiler.build.graph, compiler.build.compile
+import compiler.cli, compiler.layers, compiler.data, compiler.builder.graph, compiler.builder.compile
 import compiler.train.run, compiler.train.callbacks, compiler.train.history
 
 requests = os.fdopen(0, "r")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import compiler.layers  # noqa: F401  (registers kspec's own layers for loading)
-from compiler.build import build_model
+from compiler.builder import build_model
 from compiler.errors import Loc, SpecError
 from compiler.layers import AppPreprocess
 from compiler.spec.types import InputSpec, ModelSpec, NodeSpec

@@ -117,7 +117,7 @@ def test_long_values_are_cut_in_messages(tmp_path, value):
 # -- build: weights are sized before they are allocated ---------------------------------------
 
 def test_huge_layer_is_refused_at_build_before_allocating(tmp_path, capsys):
-    import compiler.build.graph  # noqa: F401 - TensorFlow's import is not what is timed
+    import compiler.builder.graph  # noqa: F401 - TensorFlow's import is not what is timed
     from compiler.cli import main
 
     path = write(tmp_path / "huge.yaml", """\
@@ -138,7 +138,7 @@ def test_huge_layer_is_refused_at_build_before_allocating(tmp_path, capsys):
 
 
 def test_weight_limit_counts_the_whole_model_and_can_be_set(tmp_path, monkeypatch):
-    from compiler.build import build_model
+    from compiler.builder import build_model
     from compiler.errors import SpecError
     from compiler.spec.validate import load_spec
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from compiler.build import build_model, compile_model, describe
+from compiler.builder import build_model, compile_model, describe
 from compiler.errors import Loc, SpecError
 from compiler.spec.types import Component, InputSpec, ModelSpec, NodeSpec, TrainSpec
 
@@ -296,7 +296,7 @@ def test_shared_layers_are_the_same_objects():
     dense = [layer for layer in model.layers if isinstance(layer, layers.Dense)]
     assert [d.name for d in dense] == ["enc_1", "enc_2", "same"]
     assert len(model.get_layer("enc_1")._inbound_nodes) == 2
-    from compiler.build.summary import text_diagram
+    from compiler.builder.summary import text_diagram
 
     assert "<- enc_2[0], enc_2[1]" in text_diagram(model)
 

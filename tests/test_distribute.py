@@ -441,7 +441,7 @@ def test_float16_model_trains_saves_and_loads(tmp_path):
     import keras
     import numpy as np
 
-    from compiler.build import build_model, compile_model
+    from compiler.builder import build_model, compile_model
     from compiler.spec.validate import load_spec
 
     spec_file = tmp_path / "bn.yaml"
@@ -479,7 +479,7 @@ def test_float16_model_trains_saves_and_loads(tmp_path):
 def test_auto_settings_on_a_cpu(tmp_path):
     import tensorflow as tf
 
-    from compiler.build.compile import _jit_compile
+    from compiler.builder.compile import _jit_compile
     from compiler.distribute.strategy import configure_memory_growth, mixed_precision_policy
     from compiler.spec.validate import load_spec
 

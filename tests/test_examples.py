@@ -73,7 +73,7 @@ def test_example_validates(path):
 
 @pytest.mark.parametrize("path", SPECS, ids=NAMES)
 def test_example_builds(path, request):
-    from compiler.build import build_model, compile_model
+    from compiler.builder import build_model, compile_model
 
     spec = load(path, [o for o in quick(path, request) if o.startswith(TRUNK_FROM)])
     model = build_model(spec.model, spec.name)

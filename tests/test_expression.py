@@ -113,7 +113,7 @@ def test_validate_does_not_import_keras(tmp_path):
 
 
 def test_a_shape_error_is_reported_at_the_node(tmp_path):
-    from compiler.build import build_model
+    from compiler.builder import build_model
 
     path = write(tmp_path, """\
         - Dense: {units: 3}

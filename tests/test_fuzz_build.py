@@ -272,7 +272,7 @@ def compile_path(path: Path) -> str:
     """Run the whole compile path; return "ok", "spec error" or raise whatever else escaped."""
     import keras
 
-    from compiler.build import build_model, compile_model
+    from compiler.builder import build_model, compile_model
 
     try:
         spec = load_spec(path)
@@ -292,7 +292,7 @@ def compile_path(path: Path) -> str:
 
 @pytest.mark.parametrize("index", range(len(SEEDS)))
 def test_seeds_compile(tmp_path, index):
-    from compiler.build import build_model, compile_model
+    from compiler.builder import build_model, compile_model
 
     path = tmp_path / "spec.yaml"
     path.write_text(SEEDS[index])
@@ -340,7 +340,7 @@ def test_found_cases_end_in_a_located_error(tmp_path, text, expected):
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     with pytest.raises(SpecError) as info:
         spec = load_spec(path)
-        from compiler.build import build_model
+        from compiler.builder import build_model
 
         build_model(spec.model, spec.name)
     text = str(info.value)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from compiler import registry
-from compiler.build import build_model
+from compiler.builder import build_model
 from compiler.errors import Loc
 from compiler.spec.types import InputSpec, ModelSpec, NodeSpec
 

@@ -131,7 +131,7 @@ TOWER = """\
 
 
 def test_share_of_a_block_use_shares_every_layer(tmp_path):
-    from compiler.build import build_model
+    from compiler.builder import build_model
 
     spec = load_spec(write(tmp_path, TOWER % "[right]"))
     shared = {n.name: n.shares for n in spec.model.nodes if n.shares}
@@ -227,7 +227,7 @@ def test_a_declared_plugin_needs_the_flag(kspec):
 def test_a_plugin_loss_metric_and_layer_train_and_reload(example_plugin, tmp_path):
     import keras
 
-    from compiler.build import build_model, compile_model
+    from compiler.builder import build_model, compile_model
     from compiler.registry import require_declared_plugins
 
     path = PLUGINS / "siamese_contrastive.yaml"
@@ -254,8 +254,8 @@ def test_a_plugin_loss_metric_and_layer_train_and_reload(example_plugin, tmp_pat
 def test_adapt_layers_wherever_they_stand(tmp_path):
     import tensorflow as tf
 
-    from compiler.build import build_model
-    from compiler.build.adapt import adapt_layers
+    from compiler.builder import build_model
+    from compiler.builder.adapt import adapt_layers
 
     spec = load_spec(write(tmp_path, """\
         model:
@@ -293,8 +293,8 @@ def test_adapt_layers_wherever_they_stand(tmp_path):
 def test_a_shared_adaptable_layer_is_an_error_at_its_node(tmp_path):
     import tensorflow as tf
 
-    from compiler.build import build_model
-    from compiler.build.adapt import adapt_layers
+    from compiler.builder import build_model
+    from compiler.builder.adapt import adapt_layers
 
     spec = load_spec(write(tmp_path, """\
         model:

@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 
 from keras import layers, ops  # noqa: E402
 
-from compiler.build import build_model  # noqa: E402
+from compiler.builder import build_model  # noqa: E402
 from compiler.spec.validate import load_spec  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

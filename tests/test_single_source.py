@@ -87,8 +87,8 @@ def test_schema_closed_lists_are_the_owners_lists():
 
 
 def _backbone_options() -> tuple:
-    """build/backbone.py's OPTIONS, read without importing Keras."""
-    tree = ast.parse((ROOT / "compiler" / "build" / "backbone.py").read_text())
+    """builder/backbone.py's OPTIONS, read without importing Keras."""
+    tree = ast.parse((ROOT / "compiler" / "builder" / "backbone.py").read_text())
     (value,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
                 and any(getattr(t, "id", None) == "OPTIONS" for t in node.targets)]
     return ast.literal_eval(value)
@@ -140,7 +140,7 @@ def test_an_invalid_trainable_regex_is_a_validate_error(tmp_path):
 
 
 def test_a_phase_pattern_matching_no_layer_is_an_error_before_training(tmp_path):
-    from compiler.build import build_model
+    from compiler.builder import build_model
     from compiler.train.run import check_phase_patterns, set_trainable
 
     path = write(tmp_path / "s.yaml", "kspec: 1\n" + MODEL + "train:\n  loss: mse\n  phases:\n"

@@ -332,7 +332,7 @@ def test_init_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_block_libraries_build(tmp_path):
-    from compiler.build import build_model
+    from compiler.builder import build_model
 
     for library, (_, _, shapes) in sorted(LIBRARIES.items()):
         if shapes is None:   # backbones: pretrained applications, built by test_build

@@ -60,7 +60,7 @@ def build_for_check(spec: Spec, augment: bool = False):
 
     import compiler.layers  # noqa: F401  (kspec's own layers registered)
 
-    from ..build import build_model, compile_model
+    from ..builder import build_model, compile_model
     from ..data import input_layers, load_splits
 
     keras.utils.set_random_seed(spec.seed)
@@ -72,7 +72,7 @@ def build_for_check(spec: Spec, augment: bool = False):
         layers = input_layers(data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
     if splits is not None:
-        from ..build.adapt import adapt_on_split
+        from ..builder.adapt import adapt_on_split
 
         adapt_on_split(model, splits.train, spec.train.batch_size if spec.train else 32, lambda line: None,
                         spec.model)

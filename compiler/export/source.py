@@ -81,7 +81,7 @@ def load_model(path: Path):
     try:
         return keras.saving.load_model(path, safe_mode=trust.safe_mode_for(path), compile=False)
     except Exception as exc:
-        from ..build.errors import keras_message
+        from ..builder.errors import keras_message
 
         if trust.is_safe_mode_refusal(exc):
             raise ExportError(trust.refused(path, str(exc))) from None

@@ -125,7 +125,7 @@ def _guarded(step, what: str):
     except Exception as exc:
         if os.environ.get("KSPEC_DEBUG"):
             raise
-        from ..build.errors import keras_message
+        from ..builder.errors import keras_message
 
         raise KspecError(Diagnostic(f"{what}: {keras_message(exc)}")) from None
 

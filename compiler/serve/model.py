@@ -109,7 +109,7 @@ class ServedModel:
         try:
             self.model = keras.saving.load_model(str(path), compile=False, safe_mode=not trust)
         except Exception as exc:
-            from ..build.errors import keras_message
+            from ..builder.errors import keras_message
 
             message = keras_message(exc)
             hint = ("the model holds code (a Lambda layer); if you made this run yourself, pass --trust"

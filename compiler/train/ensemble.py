@@ -244,7 +244,7 @@ def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, star
 
     import compiler.layers  # noqa: F401  (kspec's own layers, for loading the members)
 
-    from ..build import compile_model
+    from ..builder import compile_model
     from ..data import make_dataset
 
     _clear_session()
@@ -258,7 +258,7 @@ def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, star
     if (member_dirs[0] / DATA).exists():
         atomic_copy(member_dirs[0] / DATA, run.data)
     try:
-        from ..build import describe
+        from ..builder import describe
 
         atomic_write_text(run.summary, describe(model, None) + "\n")
     except Exception:       # a summary is a convenience, never a reason to fail a run

@@ -58,7 +58,7 @@ def _load_model(path: Path):
     try:
         return keras.saving.load_model(path, safe_mode=trust.safe_mode_for(path))
     except Exception as exc:
-        from ..build.errors import keras_message
+        from ..builder.errors import keras_message
 
         if trust.is_safe_mode_refusal(exc):
             raise RunDirError(trust.refused(path, str(exc))) from None
@@ -116,7 +116,7 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, verbose: bool 
     try:
         metrics = loaded.model.evaluate(ds, verbose=0, return_dict=True)
     except Exception as exc:
-        from ..build.errors import keras_message
+        from ..builder.errors import keras_message
         from ..data.stream import explain_failure
 
         explain_failure(ds)            # a streamed file that cannot be read: name it

@@ -49,7 +49,7 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
     try:
         raw = model.predict(feed, batch_size=None if streamed else batch, verbose=0)
     except Exception as exc:
-        from ..build.errors import keras_message
+        from ..builder.errors import keras_message
 
         raise DataError(Diagnostic(f"cannot predict on {input}: {keras_message(exc)}")) from None
     outputs = list(spec.model.outputs)

@@ -383,7 +383,7 @@ def _write_data_info(run: RunDir, splits, spec: Spec) -> None:
 
 def _write_summary(run: RunDir, model) -> None:
     try:
-        from ..build import describe
+        from ..builder import describe
 
         atomic_write_text(run.summary, describe(model, None) + "\n")
     except Exception:       # a summary is a convenience, never a reason to fail a run
@@ -410,8 +410,8 @@ def _configure(spec: Spec, keras, tf):
 
 
 def _build(spec: Spec, splits, input_layers, log=print):
-    from ..build import build_model, compile_model
-    from ..build.adapt import adapt_on_split
+    from ..builder import build_model, compile_model
+    from ..builder.adapt import adapt_on_split
 
     layers = input_layers(spec.data, spec.model, splits.train)
     model = build_model(spec.model, spec.name, layers)
@@ -430,7 +430,7 @@ def _load_checkpoint(run: RunDir, keras):
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             return keras.saving.load_model(run.last)
     except Exception as exc:
-        from ..build.errors import keras_message
+        from ..builder.errors import keras_message
 
         raise TrainingError(Diagnostic(f"cannot load the checkpoint {run.last}: {keras_message(exc)}",
                                        hint="start a new run without --resume")) from None
@@ -475,8 +475,8 @@ def _class_weight(spec: Spec, splits, model) -> dict[int, float] | None:
 def _spec_callbacks(spec: Spec, run: RunDir) -> list:
     """The spec's `train.callbacks`, created by the registry; relative file arguments go in the run dir."""
     from .. import registry
-    from ..build.compile import spec_value
-    from ..build.errors import keras_message
+    from ..builder.compile import spec_value
+    from ..builder.errors import keras_message
 
     out, problems = [], []
     for component in spec.train.callbacks:
@@ -529,7 +529,7 @@ def _apply_phase(model, phase: PhaseSpec, spec: Spec) -> None:
     if phase.optimizer is not None:
         changed = True
     if changed:
-        from ..build import compile_model
+        from ..builder import compile_model
 
         compile_model(model, dataclasses.replace(spec.train, optimizer=optimizer), spec.model)
 
@@ -549,7 +549,7 @@ def _trainable_roots(model, scope: list[str] | None) -> list:
 def set_trainable(model, trainable: bool | str, scope: list[str] | None = None) -> None:
     """`trainable: true|false|PATTERN` for the backbone layers (or, without a backbone, every layer),
     by the one implementation a Backbone node uses (build/backbone.py `apply_trainable`)."""
-    from ..build.backbone import apply_trainable
+    from ..builder.backbone import apply_trainable
 
     for root in _trainable_roots(model, scope):
         apply_trainable(root, trainable)
@@ -559,7 +559,7 @@ def check_phase_patterns(model, spec: Spec) -> None:
     """Before any training: every phase's `trainable` pattern matches a layer of its scope (else the
     phase would silently freeze the whole backbone), as on a Backbone node: a located error with the
     closest layer name."""
-    from ..build.backbone import TRAINABLE_HINT, leaf_names, pattern_matches
+    from ..builder.backbone import TRAINABLE_HINT, leaf_names, pattern_matches
     from ..suggest import did_you_mean
 
     errors = []
@@ -620,7 +620,7 @@ def _fit(model, train_ds, val_ds, initial_epoch: int, epochs: int, callbacks, ke
 
 
 def _training_error(exc: BaseException, guard, run: RunDir) -> TrainingError:
-    from ..build.errors import keras_message
+    from ..builder.errors import keras_message
 
     text = keras_message(exc)
     name = type(exc).__name__
