@@ -318,3 +318,57 @@ train: {loss: sparse_categorical_crossentropy}
     loaded = load_spec(spec)
     choice = choose_precision(loaded.train, loaded.model, gpus=[], cpu=Support(True, "simulated"))
     assert choice.policy == "float32" and "no convolution" in choice.why
+
+
+# -- start-up and the end of a run: work nobody asked for is skipped ---------------------------------
+
+def test_import_tensorflow_hides_what_keras_would_import_for_nothing_and_freezes_the_gc():
+    """`import_tensorflow` leaves scikit-learn and pyplot unimported (Keras's optional imports), puts them
+    back for later imports, and freezes the import's objects out of the cyclic GC, which stays enabled."""
+    code = ("import gc, sys; from compiler.cli import import_tensorflow; import_tensorflow(); "
+            "print('sklearn' in sys.modules, 'matplotlib.pyplot' in sys.modules, gc.isenabled(), gc.get_freeze_count()); "
+            "import sklearn.datasets, matplotlib.pyplot, keras; print(keras.ops.sum(keras.ops.ones(3)).numpy())")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                         env={**env(), "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.split("\n")[:2]
+    sklearn, pyplot, enabled, frozen = first.split()
+    assert (sklearn, pyplot, enabled) == ("False", "False", "True") and int(frozen) > 100_000, out.stdout
+    assert float(second) == 3.0
+
+
+def test_best_weights_are_reloaded_only_when_the_model_may_not_hold_them():
+    from types import SimpleNamespace
+
+    from compiler.train.run import _holds_best
+
+    def recorder(best_epoch, *callbacks):
+        return SimpleNamespace(rows=[{"epoch": 0}, {"epoch": 1}, {"epoch": 2}], best_epoch=best_epoch,
+                               stateful={str(i): cb for i, cb in enumerate(callbacks)})
+
+    assert _holds_best(recorder(2))                                          # the last epoch is the best
+    assert not _holds_best(recorder(1))                                      # an earlier one: load best.keras
+    assert not _holds_best(recorder(2, SimpleNamespace(restore_best_weights=True)))   # EarlyStopping may restore
+    assert _holds_best(recorder(2, SimpleNamespace(restore_best_weights=False)))
+    assert not _holds_best(SimpleNamespace(rows=[], best_epoch=None, stateful={}))
+
+
+def test_model_keras_holds_the_best_epoch(procs, tmp_path):
+    """keep: best, whether or not the best epoch is the last: model.keras has best.keras's weights."""
+    import numpy as np
+
+    import keras
+
+    # 8 epochs on the training loss: the last is the best (not reloaded); 30 on val_accuracy: an earlier one.
+    for monitor, epochs, best_is_last in (("loss", 8, True), ("val_accuracy", 30, False)):
+        spec, run = write_spec(tmp_path, epochs, every=0), tmp_path / f"run-{monitor}"
+        result = procs.run(["train", spec, "--run-dir", run, "--verbose", "0", "--set", f"train.monitor={monitor}"],
+                           timeout=300, env=env())
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert (json.loads((run / "metrics.json").read_text())["best_epoch"] == epochs - 1) == best_is_last
+
+        final = keras.saving.load_model(run / "model.keras", compile=False).get_weights()
+        best = keras.saving.load_model(run / "checkpoints" / "best.keras", compile=False).get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(final, best))
