@@ -163,11 +163,14 @@ def _data(layer_names: list[str]) -> dict:
                     "type": "array", "minItems": 1, "uniqueItems": True,
                     "items": {"type": ["string", "integer", "boolean"]}},
         "cache": {"description": "Streamed sources: keep the decoded examples after the first epoch "
-                                 "(`auto`: in memory when they fit comfortably), or `{disk: DIR}`, "
-                                 "reused by later runs of the same spec.",
+                                 "(`auto`: in memory when they fit comfortably), or `disk`: in kspec's cache "
+                                 "folder (~/.cache/kspec/data, or `--cache-dir DIR`), reused by later runs of the "
+                                 "same spec.",
                   "anyOf": [{"enum": list(CACHE_MODES)},
-                            _obj({"disk": {"type": "string", "description": "An existing folder."}},
-                                 required=("disk",))]},
+                            # Kept so that `kspec validate` can refuse it with a hint (spec/safety.py).
+                            _obj({"disk": {"type": "string"}}, required=("disk",),
+                                 description="Refused: a spec cannot choose where kspec writes outside its run "
+                                             "directory; write `disk`.", deprecated=True)]},
         "on_bad_file": {"description": "An unreadable image file: stop with an error naming it, or leave it out "
                                        "(counted and listed in the run's data.json).", "enum": list(ON_BAD_FILE)},
         "preprocess": {"description": "Steps applied to the inputs, in order (statistics from the training "

@@ -13,7 +13,7 @@ from ..errors import DataError, Diagnostic
 from ..spec.types import DataSpec, ModelSpec
 from .bind import shape_text
 from .split import Splits
-from .stream import Stream, plan_cache
+from .stream import CACHE_DIR_ENV, Stream, plan_cache
 from .table import Table
 
 
@@ -62,14 +62,12 @@ def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Sp
     key = {"source": dict(data.params), "reader": repr(table.reader), "seed": seed, "classes": data.classes,
            "validation": data.validation, "test": data.test,
            "files": _fingerprint([table.file] if getattr(table.reader, "batched", False) else files)}
-    if isinstance(data.cache, dict) and not os.path.isdir(str(data.cache.get("disk"))):
-        raise DataError(Diagnostic(f"data.cache: disk folder {data.cache.get('disk')} does not exist",
-                                   data.loc, "data.cache", hint="create the folder (kspec writes only "
-                                                                "kspec-cache-* files in it)"))
     plan = plan_cache(data.cache, len(files), table.reader.bytes_per_example(), key)
     if getattr(table.reader, "batched", False):        # memory-mapped: the page cache is the cache
         plan = replace(plan, mode="none", note=f"data: memory-mapping {len(files):,} examples of "
                                                f"{os.path.basename(str(table.file))}, read batch by batch")
+    if plan.mode == "disk":
+        _make_cache_folder(str(plan.directory), data)
     parts = {name: Stream(part, table.reader, plan, name) if part is not None else None
              for name, part in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
     notes = [plan.note]
@@ -78,6 +76,15 @@ def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Sp
                      "data.json)")
     return replace(splits, train=parts["train"], validation=parts["validation"], test=parts["test"],
                    notes=tuple(notes), skipped=table.skipped)
+
+
+def _make_cache_folder(directory: str, data: DataSpec) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise DataError(Diagnostic(f"data.cache: disk: cannot create the cache folder {directory}: "
+                                   f"{exc.strerror or exc}", data.loc, "data.cache",
+                                   hint=f"pass `--cache-dir DIR` (or set {CACHE_DIR_ENV}) to cache elsewhere")) from None
 
 
 def _fingerprint(files) -> str:
