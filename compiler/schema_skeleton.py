@@ -122,7 +122,10 @@ def _data(layer_names: list[str]) -> dict:
                  delimiter={"type": "string", "description": "Field separator of a manifest CSV (default `,`)."},
                  size={"description": "[height, width] the images are resized to.", "type": "array",
                        "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
-                 color_mode={"enum": ["rgb", "grayscale", "rgba"]}),
+                 color_mode={"enum": ["rgb", "grayscale", "rgba"]},
+                 masks={"type": "string", "description": "Segmentation: a folder of masks (8-bit grayscale PNG of "
+                                                         "class indices), each named as its image in `images:` "
+                                                         "(a folder of images; relative to the spec)."}),
         _one_key("tfrecord", {"type": "string", "description": "A TFRecord file or a glob of shards (relative to "
                                                                "the spec)."},
                  "tf.train.Example records, streamed: `{tfrecord: shards/*.tfrecord, features: {...}, x: F, y: F}`.",

@@ -73,8 +73,17 @@ class Stream:
     split: str = "train"
 
     @property
+    def paired(self) -> bool:
+        """Segmentation: the targets are mask files (refs.y holds their paths), decoded like the inputs."""
+        return getattr(self.reader, "paired", False)
+
+    @property
     def y(self) -> dict[str, np.ndarray]:
-        return self.refs.y
+        return {} if self.paired else self.refs.y     # no per-example targets in memory for masks
+
+    @property
+    def masks(self) -> np.ndarray:
+        return next(iter(self.refs.y.values()))
 
     @property
     def origin(self) -> np.ndarray | None:
@@ -98,6 +107,10 @@ class Stream:
                           self.origin[:k] if self.origin is not None else None)
         x = {name: np.stack([self.reader.read(str(p)) for p in files[:k]]) if k else np.zeros((0,))
              for name, files in self.refs.x.items()}
+        if self.paired:                 # masks decoded, their values checked against the output's units
+            y = {o: np.stack([self.reader.read_mask(str(p)) for p in v[:k]]) if k else np.zeros((0,), np.uint8)
+                 for o, v in self.refs.y.items()}
+            return Arrays(x, y, self.origin[:k] if self.origin is not None else None)
         return Arrays(x, {o: v[:k] for o, v in self.y.items()},
                       self.origin[:k] if self.origin is not None else None)
 
@@ -109,14 +122,17 @@ class Stream:
             return register(self._batched(batch_size, shuffle, seed, targets, cache), self)
         names = list(self.refs.x)
         files = tuple(self.refs.x[n].astype(str) for n in names)
-        y = _structure(self.y) if targets and self.y else None
+        paired = self.paired
+        y = (self.masks.astype(str) if paired else _structure(self.y)) if targets and self.refs.y else None
         ds = tf.data.Dataset.from_tensor_slices((files, y) if y is not None else (files,))
         reader = self.reader
 
         def decode(paths, *rest):
             decoded = [reader.element(p) for p in paths]
             x = decoded[0] if len(decoded) == 1 else dict(zip(names, decoded))
-            return (x, rest[0]) if rest else x
+            if not rest:
+                return x
+            return x, (reader.mask(rest[0]) if paired else rest[0])
 
         mode = self.cache.mode if cache else "none"
         auto = tf.data.AUTOTUNE
@@ -176,10 +192,12 @@ class Stream:
         """Decode every file eagerly; raise a DataError naming the first that fails (after a failed epoch)."""
         import tensorflow as tf
 
-        for files in self.refs.x.values():
+        columns = list(self.refs.x.values()) + ([self.masks] if self.paired else [])
+        for column, files in enumerate(columns):
+            read = self.reader.read_mask if column == len(self.refs.x) else self.reader.read
             for path in files:
                 try:
-                    self.reader.read(str(path))
+                    read(str(path))             # a mask value above the output's units: a DataError naming it
                 except (tf.errors.OpError, ValueError) as exc:
                     text = getattr(exc, "message", str(exc)).split("[Op:")[0].strip()
                     raise DataError(Diagnostic(f"cannot decode image: {text.splitlines()[-1] if text else exc}",

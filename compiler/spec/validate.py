@@ -452,6 +452,8 @@ def _data(data: Map) -> DataSpec:
     params.update({k: plain(v) for k, v in source.items() if k != kind})
     if SOURCES[kind] == "path":
         params["path"] = str(relative_to(source.value_loc(kind), str(source[kind])).resolve())
+    if kind == "images" and isinstance(source.get("masks"), str):   # segmentation: a second folder
+        params["masks"] = str(relative_to(source.value_loc("masks"), str(source["masks"])).resolve())
     split = data.get("split") or {}
     preprocess = tuple(_component("preprocess", p, data["preprocess"], i)
                        for i, p in enumerate(data.get("preprocess") or []))
