@@ -217,3 +217,20 @@ def test_train_evaluate_predict_a_segmentation_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(run), str(root / "images")]) == 2
     assert "does not fit a CSV" in capsys.readouterr().err
+
+
+def test_a_disk_cache_of_pairs_is_checked_against_each_model(tmp_path, monkeypatch):
+    """The cache holds decoded masks; the bound on their values is checked after it, for the model at hand."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    monkeypatch.setenv("KSPEC_CACHE_DIR", str(tmp_path / "cache"))
+    root = shapes(tmp_path, n=12)
+    s = load_splits(data(root, cache="disk"), model(), 0)
+    three = bound_masks(s, {"mask": (16, 16, 3)})
+    first = [m.numpy() for _, m in make_dataset(three.train, 4, shuffle=False, seed=0)]
+    assert len(list((tmp_path / "cache").iterdir())) == 1 and max(m.max() for m in first) == 2
+    two = dataclasses.replace(s.train, reader=dataclasses.replace(s.train.reader, classes=2))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(make_dataset(two, 4, shuffle=False, seed=0))    # read from the cache, and still refused

@@ -183,7 +183,12 @@ class PairReader:
     def mask(self, path):
         import tensorflow as tf
 
-        mask = decode_mask(tf.io.read_file(path), *self.size)
+        return decode_mask(tf.io.read_file(path), *self.size)
+
+    def bounded(self, mask):
+        """`mask`, asserted below `classes` (after any cache: a cache made for another model is checked too)."""
+        import tensorflow as tf
+
         if self.classes is None or self.classes > 255:        # every uint8 value is a class
             return mask
         with tf.control_dependencies([tf.debugging.assert_less(tf.reduce_max(mask), tf.constant(self.classes, tf.uint8),

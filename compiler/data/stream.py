@@ -149,6 +149,8 @@ class Stream:
             if shuffle:
                 buffer = len(self) if mode == "memory" else min(len(self), DISK_SHUFFLE_BUFFER)
                 ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        if paired and y is not None:
+            ds = ds.map(lambda x, mask: (x, reader.bounded(mask)), num_parallel_calls=auto, deterministic=True)
         ds = ds.batch(batch_size).prefetch(auto)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
