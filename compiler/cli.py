@@ -39,6 +39,20 @@ def _trust_arg(p: argparse.ArgumentParser) -> None:
                         "or vocabulary file in it may load: only for files you trust (repeatable)")
 
 
+def _cache_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where `data.cache: disk` keeps decoded examples (default: $KSPEC_CACHE_DIR, else "
+                        "$XDG_CACHE_HOME/kspec/data, else ~/.cache/kspec/data); created if missing")
+
+
+def _use_cache_dir(args) -> None:
+    """`--cache-dir` sets the variable `stream.cache_root` reads, so tune trials and local workers inherit it."""
+    if getattr(args, "cache_dir", None):
+        from .data.stream import CACHE_DIR_ENV
+
+        os.environ[CACHE_DIR_ENV] = os.path.abspath(os.path.expanduser(args.cache_dir))
+
+
 def _trust(args) -> None:
     from .trust import trust_files
 
@@ -379,6 +393,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--worker-index", type=int, metavar="I", help="this worker's index in --cluster")
     s.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
                    help="0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal, else 2)")
+    _cache_dir_arg(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("tune", help="search the spec's `search:` parameters with Optuna; each trial a `kspec train`")
@@ -390,6 +405,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--study", metavar="NAME", help="the study's name (default: the spec's name); runs/NAME-study/")
     s.add_argument("--resume", action="store_true",
                    help="continue the study; trials of a dead tuner on this machine are taken over at once")
+    _cache_dir_arg(s)
     s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("check", help="debug a spec: can the model memorise a few examples (--overfit K); "
@@ -509,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
     args = parser().parse_args(argv)
     try:
+        _use_cache_dir(args)
         return args.func(args)
     except KspecError as exc:
         print(str(exc), file=sys.stderr)

@@ -122,7 +122,10 @@ def _data(layer_names: list[str]) -> dict:
                  delimiter={"type": "string", "description": "Field separator of a manifest CSV (default `,`)."},
                  size={"description": "[height, width] the images are resized to.", "type": "array",
                        "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 2},
-                 color_mode={"enum": ["rgb", "grayscale", "rgba"]}),
+                 color_mode={"enum": ["rgb", "grayscale", "rgba"]},
+                 masks={"type": "string", "description": "Segmentation: a folder of masks (8-bit grayscale PNG of "
+                                                         "class indices), each named as its image in `images:` "
+                                                         "(a folder of images; relative to the spec)."}),
         _one_key("tfrecord", {"type": "string", "description": "A TFRecord file or a glob of shards (relative to "
                                                                "the spec)."},
                  "tf.train.Example records, streamed: `{tfrecord: shards/*.tfrecord, features: {...}, x: F, y: F}`.",
@@ -163,11 +166,14 @@ def _data(layer_names: list[str]) -> dict:
                     "type": "array", "minItems": 1, "uniqueItems": True,
                     "items": {"type": ["string", "integer", "boolean"]}},
         "cache": {"description": "Streamed sources: keep the decoded examples after the first epoch "
-                                 "(`auto`: in memory when they fit comfortably), or `{disk: DIR}`, "
-                                 "reused by later runs of the same spec.",
+                                 "(`auto`: in memory when they fit comfortably), or `disk`: in kspec's cache "
+                                 "folder (~/.cache/kspec/data, or `--cache-dir DIR`), reused by later runs of the "
+                                 "same spec.",
                   "anyOf": [{"enum": list(CACHE_MODES)},
-                            _obj({"disk": {"type": "string", "description": "An existing folder."}},
-                                 required=("disk",))]},
+                            # Kept so that `kspec validate` can refuse it with a hint (spec/safety.py).
+                            _obj({"disk": {"type": "string"}}, required=("disk",),
+                                 description="Refused: a spec cannot choose where kspec writes outside its run "
+                                             "directory; write `disk`.", deprecated=True)]},
         "on_bad_file": {"description": "An unreadable image file: stop with an error naming it, or leave it out "
                                        "(counted and listed in the run's data.json).", "enum": list(ON_BAD_FILE)},
         "preprocess": {"description": "Steps applied to the inputs, in order (statistics from the training "

@@ -123,21 +123,139 @@ def test_manifest_csv_of_paths_and_labels(tmp_path):
     assert "labels.csv:2:1: error:" in message and "0.jpg" in message and "not found" in message
 
 
-def test_disk_cache_is_written_in_the_folder_and_reused(tmp_path):
+def test_disk_cache_is_written_in_kspecs_cache_folder_and_reused(tmp_path, monkeypatch):
+    from compiler.data import stream
+
     root = images(tmp_path / "pets", per_class=4)
-    (tmp_path / "cache").mkdir()
-    data = DataSpec("images", {"path": str(root)}, cache={"disk": str(tmp_path / "cache")})
+    monkeypatch.setenv(stream.CACHE_DIR_ENV, str(tmp_path / "cache" / "made"))   # created by kspec
+    data = DataSpec("images", {"path": str(root)}, cache="disk")
     s = load_splits(data, model(), 0)
-    assert s.train.cache.mode == "disk" and "on disk" in s.notes[0]
+    assert s.train.cache.mode == "disk" and f"on disk in {tmp_path / 'cache' / 'made'}" in s.notes[0]
     first = [y.numpy().tolist() for _, y in make_dataset(s.train, 4, shuffle=True, seed=0)]
-    written = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert written and all(n.startswith(f"kspec-cache-{s.train.cache.key}-train") for n in written)
+    written = sorted(p.name for p in (tmp_path / "cache" / "made").iterdir())
+    assert written == [f"kspec-cache-{s.train.cache.key}-train"]             # published whole, no partial left
+    assert (tmp_path / "cache" / "made" / written[0] / "cache.index").is_file()
+
+    def no_refill(*_):
+        raise AssertionError("a completed cache is read, not filled again")
+
+    monkeypatch.setattr(stream, "fill_disk_cache", no_refill)
     s2 = load_splits(data, model(), 0)
     assert s2.train.cache_file() == s.train.cache_file()          # the same spec finds the same cache
     assert [y.numpy().tolist() for _, y in make_dataset(s2.train, 4, shuffle=True, seed=0)] == first
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == written
+    assert sorted(p.name for p in (tmp_path / "cache" / "made").iterdir()) == written
     none = load_splits(DataSpec("images", {"path": str(root)}, cache="none"), model(), 0)
     assert none.train.cache.mode == "none" and "each epoch" in none.notes[0]
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"KSPEC_CACHE_DIR": "/data/kc", "XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/data/kc"),
+    ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/kspec/data"),
+    ({"KSPEC_CACHE_DIR": " ", "XDG_CACHE_HOME": "", "HOME": "/h"}, "/h/.cache/kspec/data"),
+])
+def test_cache_root_resolution(environ, expected, monkeypatch):
+    from compiler.data.stream import cache_root
+
+    monkeypatch.setenv("HOME", environ["HOME"])               # expanduser reads the real environment
+    assert cache_root(environ) == expected
+
+
+def test_a_spec_cannot_choose_the_disk_cache_folder(tmp_path, capsys):
+    from compiler.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC.replace("  on_bad_file: skip\n", "  cache: {disk: /etc}\n") % {"root": tmp_path})
+    assert main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    line = next(i for i, text in enumerate(spec.read_text().splitlines(), 1) if "cache:" in text)
+    assert f"{spec}:{line}:" in err and "a spec cannot choose where kspec writes outside its run directory" in err
+    assert "(at data.cache.disk)" in err and "`data.cache: disk`" in err and "--cache-dir DIR" in err
+    spec.write_text(SPEC.replace("  on_bad_file: skip\n", "  cache: disk\n") % {"root": tmp_path})
+    assert main(["validate", str(spec)]) == 0
+
+
+def test_cache_dir_flag_sets_the_folder_for_the_run_and_its_children(monkeypatch):
+    from compiler.cli import _use_cache_dir, parser
+    from compiler.data.stream import CACHE_DIR_ENV, cache_root
+
+    monkeypatch.delenv(CACHE_DIR_ENV, raising=False)
+    for command in (["train", "s.yaml"], ["tune", "s.yaml"]):
+        args = parser().parse_args([*command, "--cache-dir", "rel/cache"])
+        _use_cache_dir(args)
+        assert os.environ[CACHE_DIR_ENV] == os.path.abspath("rel/cache") == cache_root()
+
+
+def _killed_fill(folder: Path, after: int) -> None:
+    """A process that dies (os._exit, as kill -9 would) half-way through filling a disk cache."""
+    code = f"""
+import os, tensorflow as tf
+from compiler.data.stream import fill_disk_cache
+def die(i):
+    if int(i) == {after}:
+        os._exit(9)
+    return i
+ds = tf.data.Dataset.range(50).map(lambda i: tf.py_function(die, [i], tf.int64))
+fill_disk_cache(ds, {str(folder)!r})
+"""
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9, r.stderr
+
+
+def test_a_killed_fill_leaves_a_partial_that_the_next_run_ignores_and_later_removes(tmp_path):
+    import tensorflow as tf
+
+    from compiler.data import stream
+
+    folder = tmp_path / "kspec-cache-k-train"
+    _killed_fill(folder, after=20)
+    partials = list(tmp_path.glob("kspec-cache-k-train.partial-*"))
+    assert len(partials) == 1 and not folder.exists()
+    assert any(p.name.endswith(".lockfile") for p in partials[0].iterdir())   # what tf.data left behind
+    os.utime(partials[0], (0, 0))
+    for f in partials[0].iterdir():
+        os.utime(f, (0, 0))                                   # long untouched: a dead run's
+    ds = tf.data.Dataset.range(50).map(lambda i: i * 2)
+    stream.fill_disk_cache(ds, str(folder))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kspec-cache-k-train"]
+    np.testing.assert_array_equal(list(ds.cache(str(folder / "cache")).as_numpy_iterator()), np.arange(50) * 2)
+
+
+def test_two_runs_filling_one_cache_keep_the_first_complete_copy(tmp_path):
+    """The loser of the race (its rename fails: the folder exists) removes its copy and reads the winner's."""
+    import tensorflow as tf
+
+    from compiler.data import stream
+
+    folder = tmp_path / "kspec-cache-k-train"
+    ds = tf.data.Dataset.range(30)
+    stream.fill_disk_cache(ds, str(folder))
+    first = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    stream.fill_disk_cache(ds, str(folder))                   # a second run that started before the first ended
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["kspec-cache-k-train"]
+    assert list(ds.cache(str(folder / "cache")).as_numpy_iterator()) == list(range(30))
+
+
+@pytest.mark.slow
+def test_two_processes_fill_one_disk_cache_at_once(tmp_path):
+    root = images(tmp_path / "pets", per_class=30, size=(40, 40))
+    code = f"""
+from compiler.data import load_splits, make_dataset
+from compiler.spec.types import DataSpec, InputSpec, ModelSpec
+m = ModelSpec((InputSpec("img", (8, 8, 3), "float32"),), (), ("y",))
+s = load_splits(DataSpec("images", {{"path": {str(root)!r}}}, cache="disk"), m, 0)
+print(sorted(sum((b[1].numpy().tolist() for b in make_dataset(s.train, 4, shuffle=False, seed=0)), [])))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "KSPEC_CACHE_DIR": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    labels = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert labels[0] == labels[1] and len(labels[0]) > 30            # both read every training example
+    left = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert len(left) == 1 and left[0].startswith("kspec-cache-") and ".partial-" not in left[0]
 
 
 # --------------------------------------------------------------------- bad image files

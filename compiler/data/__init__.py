@@ -6,6 +6,7 @@
     input_dataset the inputs of a split as a batched dataset (to adapt in-model layers)
     read_inputs   a file of new inputs (for `kspec predict`)
     check_labels  class labels vs the output layer's units (the builder knows those)
+    bound_masks   segmentation masks vs the output's shape and units (checked as they are read)
 
 Flow inside `load_splits`: sources (file / generator -> Table keyed by model
 names) -> `classes` selection -> bind (reshape, shape/dtype/NaN checks) -> target preprocessing
@@ -25,7 +26,7 @@ from .pipeline import input_dataset, make_dataset
 from .preprocess import check_steps, encode_targets, input_layers
 from .sources import load_table
 from .split import Arrays, Splits, check_labels, split_table
-from .streamed import check_streamed, stream_splits
+from .streamed import bound_masks, check_streamed, stream_splits
 
 
 def load_splits(data: DataSpec, model: ModelSpec, seed: int) -> Splits:
@@ -50,4 +51,4 @@ def load_splits(data: DataSpec, model: ModelSpec, seed: int) -> Splits:
 
 
 __all__ = ["Arrays", "Splits", "load_splits", "input_layers", "make_dataset", "input_dataset", "read_inputs",
-           "check_labels"]
+           "check_labels", "bound_masks"]

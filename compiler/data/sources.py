@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..errors import DataError, Diagnostic
 from ..spec.types import DataSpec, ModelSpec
 from . import images, npmap, synthetic
 from .csvfile import encode_features, parse_column, read_csv
@@ -316,7 +317,7 @@ def _array(archive, path: str, key: str) -> np.ndarray:
 def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     """Image files, listed (not decoded): a folder with one sub-folder per class, or a manifest CSV
     of `path,label` rows. The table's input holds file paths; `images.ImageReader` decodes them in tf.data."""
-    check_params(data, ("path", "size", "color_mode", "target", "delimiter"), "an images source")
+    check_params(data, ("path", "size", "color_mode", "target", "delimiter", "masks"), "an images source")
     root = str(data.params.get("path") or "")
     inputs, outputs = _names(model)
     if len(inputs) != 1:
@@ -325,6 +326,8 @@ def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     shape = tuple(model.inputs[0].shape)
     size, mode = image_format(data, shape)
     on_bad = data.on_bad_file
+    if data.params.get("masks") is not None:
+        return _segmentation(data, root, inputs, outputs, images.ImageReader(size, COLOR_MODES[mode][1]))
     if os.path.isfile(root) and root.lower().endswith((".csv", ".tsv")):
         target = str(data.params.get("target") or "label")
         listing, raw, lines = images.list_manifest(root, target, on_bad,
@@ -346,6 +349,34 @@ def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     return Table(x, y, {out: "classification"}, {out: list(classes)}, root,
                  x_from={k: "images" for k in x}, y_from={out: origin_from}, file=root, lines=lines_,
                  reader=reader, skipped=tuple(listing.skipped))
+
+
+def _segmentation(data: DataSpec, root: str, inputs: tuple[str, ...], outputs: tuple[str, ...],
+                  reader: images.ImageReader) -> Table:
+    """`{images: DIR, masks: DIR}`: each image with the mask of the same name (masks.py). The table's
+    input holds image paths and its output mask paths; both are decoded in tf.data."""
+    from . import masks
+
+    for key in ("target", "delimiter"):
+        if data.params.get(key) is not None:
+            raise source_error(data, f"`{key}` is for a manifest CSV of labels; a segmentation source's targets "
+                               "are its masks")
+    if data.classes is not None:
+        raise DataError(Diagnostic("`classes` keeps the examples of some classes, but a segmentation example "
+                                   "holds every class of its mask", data.classes_loc or data.loc, "data.classes",
+                                   hint="remove `classes:`"))
+    if data.stratify:
+        raise DataError(Diagnostic("a segmentation split cannot be stratified: an example has no single class",
+                                   data.loc, "data.split.stratify", hint="remove `stratify: true`"))
+    masks.geometric_augmentation(data)
+    masks_root = str(data.params["masks"])
+    listing = masks.list_pairs(data, root, masks_root, data.on_bad_file)
+    x = {inputs[0]: np.array(listing.images, dtype=str)}
+    y = assign(outputs, np.array(listing.masks, dtype=str), "output", root, data)
+    out = next(iter(y))
+    return Table(x, y, {out: "segmentation"}, {}, root, x_from={k: "images" for k in x},
+                 y_from={out: f"masks of {os.path.basename(masks_root.rstrip('/'))}"}, file=root,
+                 reader=masks.PairReader(reader), skipped=tuple(listing.skipped))
 
 
 def _is_int(text: str) -> bool:

@@ -13,8 +13,10 @@ from ..errors import DataError, Diagnostic
 from ..spec.types import DataSpec, ModelSpec
 from .bind import shape_text
 from .split import Splits
-from .stream import Stream, plan_cache
+from .stream import CACHE_DIR_ENV, Stream, plan_cache
 from .table import Table
+
+MASK_SAMPLE = 32
 
 
 def check_streamed(table: Table, data: DataSpec, model: ModelSpec) -> Table:
@@ -62,22 +64,51 @@ def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Sp
     key = {"source": dict(data.params), "reader": repr(table.reader), "seed": seed, "classes": data.classes,
            "validation": data.validation, "test": data.test,
            "files": _fingerprint([table.file] if getattr(table.reader, "batched", False) else files)}
-    if isinstance(data.cache, dict) and not os.path.isdir(str(data.cache.get("disk"))):
-        raise DataError(Diagnostic(f"data.cache: disk folder {data.cache.get('disk')} does not exist",
-                                   data.loc, "data.cache", hint="create the folder (kspec writes only "
-                                                                "kspec-cache-* files in it)"))
     plan = plan_cache(data.cache, len(files), table.reader.bytes_per_example(), key)
     if getattr(table.reader, "batched", False):        # memory-mapped: the page cache is the cache
         plan = replace(plan, mode="none", note=f"data: memory-mapping {len(files):,} examples of "
                                                f"{os.path.basename(str(table.file))}, read batch by batch")
+    if plan.mode == "disk":
+        _make_cache_folder(str(plan.directory), data)
     parts = {name: Stream(part, table.reader, plan, name) if part is not None else None
              for name, part in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
     notes = [plan.note]
+    if getattr(table.reader, "paired", False):
+        notes.append(f"data: {len(files):,} image/mask pairs, split by a seeded shuffle (not stratified: a "
+                     "segmentation example has no single class)")
     if table.skipped:
         notes.append(f"data: skipped {len(table.skipped)} unreadable file(s) (data.on_bad_file: skip; listed in "
                      "data.json)")
     return replace(splits, train=parts["train"], validation=parts["validation"], test=parts["test"],
                    notes=tuple(notes), skipped=table.skipped)
+
+
+def bound_masks(splits: Splits, output_shapes: dict[str, tuple]) -> Splits:
+    """Segmentation, once the model is built: the output must be (height, width, classes) at the masks'
+    size, and the masks' readers learn `classes`, so a larger mask value is an error naming the mask
+    (the first MASK_SAMPLE masks are checked now, the others as they are read)."""
+    from .masks import mask_sizes_fit
+
+    parts = splits.splits()
+    first = parts.get("train")
+    if not isinstance(first, Stream) or not first.paired:
+        return splits
+    output = next(iter(first.refs.y))
+    shape = tuple(output_shapes[output])
+    mask_sizes_fit(shape, first.reader, output)
+    reader = replace(first.reader, classes=int(shape[-1]))
+    bounded = {name: replace(part, reader=reader) for name, part in parts.items()}
+    bounded["train"].sample(MASK_SAMPLE)
+    return replace(splits, **bounded)
+
+
+def _make_cache_folder(directory: str, data: DataSpec) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise DataError(Diagnostic(f"data.cache: disk: cannot create the cache folder {directory}: "
+                                   f"{exc.strerror or exc}", data.loc, "data.cache",
+                                   hint=f"pass `--cache-dir DIR` (or set {CACHE_DIR_ENV}) to cache elsewhere")) from None
 
 
 def _fingerprint(files) -> str:

@@ -10,6 +10,9 @@ each at the value's own file:line:col.
   an absolute path, a `..`, `~`, or the run directory itself (`.`, which BackupAndRestore would
   delete) is an error, and so is a name of kspec's own files. `compiler/train/run.py` checks again
   at train time, after resolving symbolic links (`rundir.resolve_inside`).
+- `data.cache: {disk: DIR}` would make kspec write cache files into any folder a spec names:
+  refused; `data.cache: disk` caches in kspec's own folder, and only the command line
+  (`--cache-dir DIR`) chooses another.
 - A callback's `monitor: val_*` needs a validation split (as `train.monitor` does at train time).
 """
 
@@ -34,6 +37,9 @@ def check(tree: Any, errors: Collector, display_path) -> None:
         for index, item in enumerate(layers):
             if isinstance(item, Map) and isinstance(item.get("Backbone"), Map):
                 _backbone(item, item["Backbone"], display_path(["model", "layers", index, "Backbone"]), errors)
+    data = tree.get("data")
+    if isinstance(data, Map) and isinstance(data.get("cache"), Map):
+        _cache_folder(data["cache"], errors)
     train = tree.get("train")
     callbacks = train.get("callbacks") if isinstance(train, Map) else None
     if isinstance(callbacks, Seq):
@@ -65,6 +71,13 @@ def _backbone(item: Map, args: Map, where: str, errors: Collector) -> None:
                    loc, f"{where}.safe_mode", via=via,
                    hint=f"remove `safe_mode: false`; if you trust the file, pass `--trust {source or 'PATH'}` "
                         "to kspec build/train/check")
+
+
+def _cache_folder(cache: Map, errors: Collector) -> None:
+    loc, via = locate(cache, ["disk"]) if "disk" in cache else (cache.loc, ())
+    errors.add(f"`data.cache: {{disk: {cache.get('disk')}}}`: a spec cannot choose where kspec writes outside its "
+               "run directory", loc, "data.cache.disk", via=via,
+               hint="write `data.cache: disk` (cached in ~/.cache/kspec/data) or pass `--cache-dir DIR`")
 
 
 def _callback(name: str, args: Map, where: str, has_validation: bool, errors: Collector) -> None:

@@ -121,7 +121,7 @@ class DataSpec:
     classes: tuple[str, ...] | None = None   # keep only these classes, renumbered 0..k-1 in this order
     loc: Loc | None = None
     classes_loc: Loc | None = None
-    cache: Any = "auto"                   # "auto" | "memory" | "none" | {"disk": DIR} (streamed sources)
+    cache: Any = "auto"                   # one of data.stream.CACHE_MODES (streamed sources)
     on_bad_file: str = "error"            # "error" | "skip" (image files that cannot be read)
 
 

@@ -452,6 +452,8 @@ def _data(data: Map) -> DataSpec:
     params.update({k: plain(v) for k, v in source.items() if k != kind})
     if SOURCES[kind] == "path":
         params["path"] = str(relative_to(source.value_loc(kind), str(source[kind])).resolve())
+    if kind == "images" and isinstance(source.get("masks"), str):   # segmentation: a second folder
+        params["masks"] = str(relative_to(source.value_loc("masks"), str(source["masks"])).resolve())
     split = data.get("split") or {}
     preprocess = tuple(_component("preprocess", p, data["preprocess"], i)
                        for i, p in enumerate(data.get("preprocess") or []))
@@ -465,15 +467,8 @@ def _data(data: Map) -> DataSpec:
                     reshape=tuple(reshape) if reshape else None, preprocess=preprocess, augment=augment,
                     classes=tuple(str(c) for c in classes) if classes is not None else None,
                     loc=data.loc, classes_loc=data.value_loc("classes") if classes is not None else None,
-                    cache=_data_cache(data), on_bad_file=str(data.get("on_bad_file", "error")))
-
-
-def _data_cache(data: Map):
-    """`data.cache`, a `{disk: DIR}` folder made absolute against the spec file like data paths."""
-    cache = data.get("cache", "auto")
-    if isinstance(cache, Map) and "disk" in cache:
-        return {"disk": str(relative_to(cache.value_loc("disk"), os.path.expanduser(str(cache["disk"]))).resolve())}
-    return plain(cache)
+                    cache=plain(data.get("cache", typed_default(DataSpec, "cache"))),
+                    on_bad_file=str(data.get("on_bad_file", "error")))
 
 
 # -- entry points for `kspec tune` (compiler/tune/), which sets `--set` paths trial by trial ------

@@ -87,9 +87,11 @@ def evaluate_run(run: str | os.PathLike, data: str | None = None, verbose: bool 
     if data is None:
         if spec.data is None:
             raise RunDirError(Diagnostic(f"the spec of {loaded.run.path} has no data section; pass --data FILE"))
-        from ..data import load_splits
+        from ..data import bound_masks, load_splits
 
         splits = load_splits(spec.data, spec.model, spec.seed)
+        outputs = loaded.model.outputs if isinstance(loaded.model.outputs, (list, tuple)) else [loaded.model.outputs]
+        splits = bound_masks(splits, {o: tuple(t.shape[1:]) for o, t in zip(spec.model.outputs, outputs)})
         part, name = splits.test, "test"
         if part is None:
             part, name = splits.validation, "validation"

@@ -11,6 +11,11 @@ Output, one row per example:
 With several outputs, every column is prefixed `<output>.`. CSV to stdout by
 default, or to `-o FILE.csv`; `-o FILE.npz` stores one array per output (the raw
 model outputs) and `<output>_class` for classifiers.
+
+A segmentation output (per-pixel class probabilities) does not fit a CSV: `-o FILE.npz`
+stores its probabilities and `<output>_class`, the argmax class map of each image (uint8,
+height x width), and `-o FILE.npy` the class maps alone. Images of a folder come in the
+order of their sorted names.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
     from ..data import read_inputs
     from ..data.inputs import image_stream
 
+    segmentation = [o for o in spec.model.outputs if (info.get("tasks") or {}).get(o) == "segmentation"]
+    if segmentation and not (output or "").lower().endswith((".npz", ".npy")):
+        raise DataError(Diagnostic(f"output {segmentation[0]!r} is a per-pixel class map, which does not fit a CSV",
+                                   hint="pass `-o FILE.npz` (probabilities and the class map of each image) or "
+                                        "`-o FILE.npy` (the class maps)"))
+    if (output or "").lower().endswith(".npy") and (len(spec.model.outputs) != 1 or not segmentation):
+        raise DataError(Diagnostic("`-o FILE.npy` writes the class maps of a single segmentation output",
+                                   hint="write `-o FILE.npz` or `-o FILE.csv`"))
     batch = spec.train.batch_size if spec.train else 32
     streamed = image_stream(input, spec.model, batch)      # a folder of images: decoded batch by batch
     if streamed is not None:
@@ -60,16 +73,22 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
     else:
         predictions = {outputs[0]: np.asarray(raw)}
 
-    columns = table(predictions, info, prefix=len(outputs) > 1)
+    columns = table(predictions, info, prefix=len(outputs) > 1) if not segmentation else {}
     if output is None:
         sys.stdout.write(to_csv(columns))
         sys.stdout.flush()
+    elif output.lower().endswith(".npy"):
+        buffer = io.BytesIO()
+        np.save(buffer, class_maps(predictions[segmentation[0]]))
+        atomic_write_bytes(output, buffer.getvalue())
     elif output.lower().endswith(".npz"):
         buffer = io.BytesIO()
         arrays = dict(predictions)
         for o, values in predictions.items():
             if (info.get("tasks") or {}).get(o) == "classification":
                 arrays[f"{o}_class"] = np.asarray(classes_of(values, _class_names(info, o, values)))
+            elif o in segmentation:
+                arrays[f"{o}_class"] = class_maps(values)
         np.savez(buffer, **arrays)
         atomic_write_bytes(output, buffer.getvalue())
     else:
@@ -78,6 +97,12 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
         n = len(next(iter(predictions.values())))
         print(f"wrote {n} predictions to {output}", file=sys.stderr)
     return predictions
+
+
+def class_maps(values: np.ndarray) -> np.ndarray:
+    """(n, H, W, classes) probabilities -> (n, H, W) class indices."""
+    maps = np.argmax(values, axis=-1)
+    return maps.astype(np.uint8) if values.shape[-1] <= 256 else maps.astype(np.int32)
 
 
 def _class_names(info: dict, output: str, values: np.ndarray) -> list[str]:

@@ -205,7 +205,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, 
     """Data, model, fit, evaluate: everything that creates or reads variables, inside the strategy's scope."""
     import keras
 
-    from ..data import check_labels, input_layers, load_splits, make_dataset
+    from ..data import bound_masks, check_labels, input_layers, load_splits, make_dataset
 
     prechecked = splits is not None            # `kspec train` loaded the data and checked the losses (warnings)
     if splits is None:
@@ -239,6 +239,7 @@ def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, 
 
     check_losses(spec, splits, _output_units(spec, model), warn=not prechecked)   # loss vs labels (issue 13)
     check_labels(splits, _output_units(spec, model))
+    splits = bound_masks(splits, _output_shapes(spec, model))
     _write_summary(run, model)
 
     batch = spec.train.batch_size
@@ -313,7 +314,7 @@ def _open_run(spec: Spec, run_dir, resume: bool) -> RunDir:
 
 
 def _spec_text(spec: Spec) -> str:
-    """The resolved spec as YAML, with the data file made absolute (spec.yaml lives elsewhere)."""
+    """The resolved spec as YAML, with the data file (and masks folder) made absolute (spec.yaml lives elsewhere)."""
     from ..spec.tree import plain
 
     tree = plain(spec.tree)
@@ -321,6 +322,8 @@ def _spec_text(spec: Spec) -> str:
     if spec.data is not None and "path" in spec.data.params and isinstance(source, dict) \
             and spec.data.source in source:
         source[spec.data.source] = str(spec.data.params["path"])
+        if "masks" in source and "masks" in spec.data.params:       # segmentation's second folder
+            source["masks"] = str(spec.data.params["masks"])
     return yaml.safe_dump(tree, sort_keys=False)
 
 
@@ -441,6 +444,11 @@ def _output_units(spec: Spec, model) -> dict[str, int]:
     return {name: int(t.shape[-1]) if len(t.shape) > 1 else 1 for name, t in zip(spec.model.outputs, outputs)}
 
 
+def _output_shapes(spec: Spec, model) -> dict[str, tuple]:
+    outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
+    return {name: tuple(t.shape[1:]) for name, t in zip(spec.model.outputs, outputs)}
+
+
 def _class_weight(spec: Spec, splits, model) -> dict[int, float] | None:
     value = spec.train.class_weight
     if value is None:
@@ -453,7 +461,8 @@ def _class_weight(spec: Spec, splits, model) -> dict[int, float] | None:
     output = outputs[0]
     if splits.tasks.get(output) != "classification":
         raise SpecError(Diagnostic(f"class_weight applies to classification targets, but output {output!r} "
-                                   "is a regression target", spec.train.loc, "train.class_weight"))
+                                   f"is a {splits.tasks.get(output, 'regression')} target", spec.train.loc,
+                                   "train.class_weight"))
     from ..data.table import labels_of
 
     labels = labels_of(splits.train.y[output])
