@@ -12,7 +12,7 @@ from dataclasses import replace
 from ..errors import DataError, Diagnostic
 from ..spec.types import DataSpec, ModelSpec
 from .bind import shape_text
-from .split import Splits
+from .split import Arrays, Examples, Splits
 from .stream import Stream, plan_cache
 from .table import Table
 
@@ -70,13 +70,18 @@ def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Sp
     if getattr(table.reader, "batched", False):        # memory-mapped: the page cache is the cache
         plan = replace(plan, mode="none", note=f"data: memory-mapping {len(files):,} examples of "
                                                f"{os.path.basename(str(table.file))}, read batch by batch")
-    parts = {name: Stream(part, table.reader, plan, name) if part is not None else None
-             for name, part in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
+
+    def streamed(part: Examples, name: str) -> Stream:
+        assert isinstance(part, Arrays), "split_table splits the table of file references in memory"
+        return Stream(part, table.reader, plan, name)
+
     notes = [plan.note]
     if table.skipped:
         notes.append(f"data: skipped {len(table.skipped)} unreadable file(s) (data.on_bad_file: skip; listed in "
                      "data.json)")
-    return replace(splits, train=parts["train"], validation=parts["validation"], test=parts["test"],
+    return replace(splits, train=streamed(splits.train, "train"),
+                   validation=streamed(splits.validation, "validation") if splits.validation is not None else None,
+                   test=streamed(splits.test, "test") if splits.test is not None else None,
                    notes=tuple(notes), skipped=table.skipped)
 
 
