@@ -118,7 +118,7 @@ class _TypeError:
         self.validator_value, self.context, self.message = types, [], error.message
 
 
-def _merged_type_error(error, branches):
+def _merged_type_error(error, branches: list) -> Any:
     types: list[str] = []
     for e in branches:
         for t in (e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]):
