@@ -504,7 +504,7 @@ def import_tensorflow() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        sys.modules.update(dict.fromkeys(hidden))       # None in sys.modules: `import` raises ImportError
+        sys.modules.update(dict.fromkeys(hidden))  # type: ignore[arg-type]  # None in sys.modules: `import` raises ImportError
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")

@@ -113,7 +113,7 @@ def plot_runs(runs: Sequence[Run], output: Path) -> Path:
     axes = fig.subplots(rows, cols, squeeze=False)
     colours = [f"C{i % 10}" for i in range(len(runs))]
     for ax, name in zip(axes.flat, panels):
-        values = []
+        values: list[float] = []
         for run, colour in zip(runs, colours):
             epochs = run.history.get("epoch") or list(range(len(run.history.get(name, []))))
             for key, style, suffix in ((name, "-", ""), (f"val_{name}", "--", " (validation)")):

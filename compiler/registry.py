@@ -258,6 +258,7 @@ def create(kind: str, value: Any) -> Any:
     created too. Numbers and None pass through (`learning_rate: 0.01`)."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
+    args: dict[str, Any]
     if isinstance(value, str):
         name, args = value, {}
     elif isinstance(value, dict) and len(value) == 1:

@@ -51,7 +51,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import Diagnostic, KspecError
 
@@ -566,7 +566,7 @@ def _temp_path(path: Path, suffix: str = ""):
 
 def _write_error(path: Path, exc: BaseException) -> WriteError | None:
     """A WriteError for an OSError (also one Keras or h5py wrapped in their own exception), else None."""
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, OSError):
         seen = seen.__cause__ or seen.__context__
     if seen is None or isinstance(exc, KspecError) or not isinstance(exc, Exception):
@@ -696,7 +696,7 @@ def written_by_kspec(path: str | os.PathLike) -> bool:
         return False
 
 
-def check_model_output(path: Path, protect: list[str | os.PathLike] = ()) -> None:
+def check_model_output(path: Path, protect: Sequence[str | os.PathLike] = ()) -> None:
     """`kspec build -o PATH`: a new `.keras` file, or one kspec wrote; never a spec or any other file."""
     from .errors import SpecError
 

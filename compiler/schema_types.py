@@ -25,7 +25,7 @@ def _or_expr(schema: dict) -> dict:
 
 
 def _array(item: dict, n: int | None = None) -> dict:
-    schema = {"type": "array", "items": _or_expr(item)}
+    schema: dict = {"type": "array", "items": _or_expr(item)}
     if n is not None:
         schema.update(minItems=n, maxItems=n)
     return schema

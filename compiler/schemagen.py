@@ -274,7 +274,7 @@ def value_form(kind: str, names: list[str], classes: list[str]) -> dict:
     needs_args = [n for n in names if not _usable_bare(kind, n)]   # `MeanIoU` alone fails in Keras
     bare = [n for n in names if n not in needs_args]
     example = next((n for n in bare if n.islower()), bare[0]) if bare else None
-    schema = {"description": f"A {form}: a name (`{example}`) or a one-key mapping of a class name to its "
+    schema: dict[str, Any] = {"description": f"A {form}: a name (`{example}`) or a one-key mapping of a class name to its "
                              "arguments." if example else f"A {form}: a one-key mapping of a class name to its "
                              f"arguments (`{{{names[0]}: {{...}}}}`).",
               "anyOf": [{"enum": names}, mapping]}

@@ -187,6 +187,7 @@ def render(source: Path, name: str, dest_dir: Path) -> str:
         for item, loc in items:
             new = rebase(item, must_exist)
             if new is not None and new != item:
+                assert loc is not None, "a tree loaded from a file locates every value"
                 edits.append((loc, item, new))
 
     paths(tree, "extends", must_exist=False)
@@ -210,9 +211,9 @@ def render(source: Path, name: str, dest_dir: Path) -> str:
     for i, line in enumerate(lines):   # the editor's schema modeline, a comment
         match = _MODELINE.match(line.rstrip("\n"))
         if match:
-            new = rebase(match.group(2), must_exist=True)
-            if new is not None:
-                lines[i] = f"{match.group(1)}{new}{match.group(3)}\n"
+            rebased = rebase(match.group(2), must_exist=True)
+            if rebased is not None:
+                lines[i] = f"{match.group(1)}{rebased}{match.group(3)}\n"
 
     out = "".join(lines)
     check = load_text(out, str(source))   # the edits kept it YAML, with the values meant

@@ -101,7 +101,7 @@ def _walk(node: Any, found: list[str], depth: int) -> None:
         return
     if isinstance(node, dict):
         cls = node.get("class_name")
-        config = node.get("config") if isinstance(node.get("config"), dict) else {}
+        config = node["config"] if isinstance(node.get("config"), dict) else {}
         name = config.get("name")
         named = f" '{name}'" if isinstance(name, str) else ""
         if cls == "Lambda":

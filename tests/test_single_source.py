@@ -127,6 +127,21 @@ def test_ensemble_with_several_workers_is_one_check_exit_2(tmp_path, monkeypatch
     assert refused.value.exit_code == 2 and refused.value.diagnostics[0].path == "train.ensemble"
 
 
+@pytest.mark.parametrize("missing", ["data", "train"])
+def test_train_and_train_ensemble_refuse_a_missing_section_in_one_check(tmp_path, missing):
+    # train_ensemble used to read `spec.train.ensemble` unchecked: an AttributeError for a spec without `train`.
+    from compiler.train.ensemble import train_ensemble
+    from compiler.train.run import train
+
+    sections = {"data": "data: {source: {sklearn: iris}}\n", "train": "train: {loss: sparse_categorical_crossentropy}\n"}
+    spec = load_spec(write(tmp_path / "s.yaml", "kspec: 1\n" + sections["data" if missing == "train" else "train"] + MODEL))
+    for trainer in (train, train_ensemble):
+        with pytest.raises(SpecError) as refused:
+            trainer(spec, run_dir=tmp_path / "run")
+        assert refused.value.exit_code == 2 and refused.value.diagnostics[0].path == missing
+        assert f"no `{missing}` section" in str(refused.value) and not (tmp_path / "run").exists()
+
+
 # -- trainable patterns ------------------------------------------------------------------------
 
 def test_an_invalid_trainable_regex_is_a_validate_error(tmp_path):

@@ -55,6 +55,9 @@ def compile_model(model: keras.Model, train: TrainSpec, spec_model: ModelSpec) -
         raise SpecError(diagnostics)
 
     weights = dict(train.loss_weights or {})
+    # Keras takes a list for a single output, a mapping by output name for several.
+    metric_list: list[Any] | dict[str, list[Any]] | None
+    loss_weights: list[float] | dict[str, float] | None
     if single:
         loss = next(iter(losses.values()), None)
         metric_list = [m for ms in metrics.values() for m in ms]

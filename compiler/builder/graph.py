@@ -133,7 +133,8 @@ def _outputs_loc(model: ModelSpec):
     for name in reversed(model.outputs):
         if name in by_name and by_name[name].loc:
             return by_name[name].loc
-    for spec in (*reversed(model.nodes), *model.inputs):
+    candidates: list[NodeSpec | InputSpec] = [*reversed(model.nodes), *model.inputs]
+    for spec in candidates:
         if spec.loc:
             return spec.loc
     return None
@@ -184,13 +185,14 @@ def _layer(node: NodeSpec, built: dict[str, Any], diagnostics: list[Diagnostic],
 def _call(layer, args: list):
     if len(args) == 1:
         return layer(args[0])
-    if _takes_list(type(layer)):
+    kind: type = type(layer)        # not inferred: mypy finds type[Any] unhashable for the cache
+    if _takes_list(kind):
         return layer(list(args))
     return layer(*args)
 
 
 @lru_cache(maxsize=None)
-def _takes_list(cls: type) -> bool:
+def _takes_list(cls: type[keras.layers.Layer]) -> bool:
     """True if the layer takes several tensors as one list (`Add()([a, b])`),
     False if as positional arguments (`MultiHeadAttention()(query, value)`)."""
     from ..keras_compat import merge_base_class

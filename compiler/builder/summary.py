@@ -100,8 +100,8 @@ def text_diagram(model: keras.Model) -> str:
     width_name = max((len(r[0]) for r in rows), default=4)
     width_cls = max((len(r[1]) + 2 for r in rows), default=4)
     out = [f"{model.name}: {len(model.inputs)} input(s), {len(model.outputs)} output(s)"]
-    for name, cls, sources, shape in rows:
-        source_text = f"<- {sources}" if sources else "(input)"
+    for name, cls, inputs, shape in rows:
+        source_text = f"<- {inputs}" if inputs else "(input)"
         out.append(f"{name:<{width_name}}  {'(' + cls + ')':<{width_cls}}  {source_text}  -> {shape}")
     out.append("outputs: " + ", ".join(getattr(model, "output_names", []) or []))
     return "\n".join(out)

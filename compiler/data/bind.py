@@ -57,6 +57,7 @@ def _check_lengths(table: Table, data: DataSpec) -> None:
 
 
 def _reshape(array: np.ndarray, data: DataSpec) -> np.ndarray:
+    assert data.reshape is not None, "called only for a spec with `reshape`"
     target = tuple(data.reshape)
     try:
         return array.reshape((len(array), *target))
@@ -86,7 +87,8 @@ def _check_shape(spec: InputSpec, array: np.ndarray, data: DataSpec, table: Tabl
         return
     message = (f"input {spec.name!r} expects shape {shape_text(want)} per example but the data "
                f"({data_origin(table, spec.name)}) has shape {shape_text(have)}")
-    if None not in want and math.prod(want) == math.prod(have) and not data.reshape:
+    sizes = [w for w in want if w is not None]
+    if len(sizes) == len(want) and math.prod(sizes) == math.prod(have) and not data.reshape:
         message += f"; add `reshape: [{', '.join(map(str, want))}]` under data"
     raise DataError(Diagnostic(message, spec.loc or data.loc, f"model.inputs.{spec.name}"))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DataError, Diagnostic, Loc
-from .csvfile import MISSING, parse_csv_text
+from .csvfile import MISSING, CsvFile, parse_csv_text
 from .split import Arrays
 from .table import file_error
 
@@ -84,7 +84,7 @@ def _unit(lines: np.ndarray, seed: int) -> np.ndarray:
     return (h >> np.uint64(40)).astype(np.float64) / float(2 ** 24)
 
 
-def layout(data, model, header: bool, columns: list[str] | None) -> tuple[CsvLayout, "object"]:
+def layout(data, model, header: bool, columns: list[str] | None) -> tuple[CsvLayout, CsvFile]:
     """Read the first SAMPLE_ROWS rows with the ordinary reader and decide every column's encoding."""
     from .sources import _target, _target_columns
     path, delimiter = str(data.params["path"]), str(data.params.get("delimiter", ","))

@@ -140,7 +140,9 @@ def list_folder(root: str, on_bad_file: str = "error") -> ImageListing:
     classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
     if not classes:
         raise file_error(root, "has no sub-folders; put the images of each class in a folder named after it")
-    paths, labels, skipped = [], [], []
+    paths: list[str] = []
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
     for k, cls in enumerate(classes):
         folder = os.path.join(root, cls)
         found = 0
@@ -148,6 +150,7 @@ def list_folder(root: str, on_bad_file: str = "error") -> ImageListing:
             path = os.path.join(folder, name)
             if not _is_candidate(name) or (os.path.isdir(path) and not os.path.islink(path)):
                 continue
+            why: str | None
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 why = f"is not an image file (extensions read: {', '.join(IMAGE_EXTENSIONS)})"
             else:

@@ -68,14 +68,16 @@ def _npz(path: str, names: list[str]) -> dict[str, np.ndarray]:
                 keys = {names[0]: key}
             else:
                 keys = {n: n if n in present else None for n in names}
+            found: dict[str, str] = {}
             for name, key in keys.items():
                 if key is None:
                     raise file_error(path, f"{os.path.basename(path)} has no array for input {name!r}"
                                      f"{did_you_mean(name, present)}; arrays present: {', '.join(present)}")
-            for key in keys.values():
+                found[name] = key
+            for key in found.values():
                 check_member_size(archive, path, key)
-            arrays = {name: archive[key] for name, key in keys.items()}
-            for name, key in keys.items():
+            arrays = {name: archive[key] for name, key in found.items()}
+            for name, key in found.items():
                 if arrays[name].ndim == 0:
                     raise file_error(path, f"array {key!r} is a single value (0-d), not one entry per example")
             return arrays
@@ -202,7 +204,7 @@ def image_folder_split(path: str, model: ModelSpec, class_names: list[str], one_
         raise file_error(path, f"class folder(s) {', '.join(unknown)} are not classes the model was trained on "
                          f"(its classes: {', '.join(class_names)})")
     index = {c: class_names.index(c) for c in listing.classes}
-    labels = np.array([index[listing.classes[k]] for k in listing.labels], dtype=np.int32)
+    labels: np.ndarray = np.array([index[listing.classes[k]] for k in listing.labels], dtype=np.int32)
     if one_hot:                                   # the run was trained on one-hot targets
         hot = np.zeros((len(labels), len(class_names)), dtype=np.float32)
         hot[np.arange(len(labels)), labels] = 1.0

@@ -94,7 +94,7 @@ def list_pairs(data: DataSpec, images_root: str, masks_root: str, on_bad_file: s
     for key, found in sorted(images.items()):
         mask = masks.get(key)
         if len(found) > 1 or (mask is not None and len(mask) > 1):
-            twins = found if len(found) > 1 else mask
+            twins = found if len(found) > 1 or mask is None else mask
             raise source_error(data, f"{twins[0]} and {twins[1]} have the same name: which one is meant is "
                                      "ambiguous", hint="rename or remove one of them")
         image = found[0]

@@ -9,10 +9,10 @@ step, which is what makes this as fast as `fit` on numpy arrays.
 
 from __future__ import annotations
 
-from .split import Arrays
+from .split import Arrays, Examples
 
 
-def make_dataset(arrays: Arrays, batch_size: int, shuffle: bool, seed: int, cache: bool = True):
+def make_dataset(arrays: Examples, batch_size: int, shuffle: bool, seed: int, cache: bool = True):
     """A batched `tf.data.Dataset` of (x, y), reshuffled each epoch (deterministically from `seed`).
 
     `arrays` may be a streamed split (`stream.Stream`): it builds its own file-reading pipeline."""

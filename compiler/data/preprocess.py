@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import DataError, Diagnostic, SpecError
 from ..spec.types import Component, DataSpec, ModelSpec
-from .split import Arrays
+from .split import Arrays, Examples
 from .table import Table, did_you_mean, labels_of
 
 INPUT_STEPS = ("standardize", "log1p", "rescale")
@@ -63,7 +63,7 @@ def encode_targets(table: Table, data: DataSpec) -> Table:
     return replace(table, y=ys)
 
 
-def input_layers(data: DataSpec, model: ModelSpec, train: Arrays) -> dict[str, list[Any]]:
+def input_layers(data: DataSpec, model: ModelSpec, train: Examples) -> dict[str, list[Any]]:
     """Per model input, the layers to apply right after it: preprocessing (in order), then augmentation.
 
     `train` may be a streamed split: `standardize` then adapts on one streaming pass over it."""

@@ -163,8 +163,8 @@ def _csv(data: DataSpec, model: ModelSpec, seed: int) -> Table:
         if len(features) != 1:
             raise source_error(data, f"the input {inputs[0]!r} is text (dtype: string) and takes one column, "
                                f"not {len(features)}: name it with `features: [COLUMN]`")
-        column = f.index(features[0], "feature column")
-        matrix, names = np.array([[row[column]] for row in f.rows], dtype=str), list(features)
+        at = f.index(features[0], "feature column")
+        matrix, names = np.array([[row[at]] for row in f.rows], dtype=str), list(features)
     else:
         matrix, names = encode_features(f, features)
     x = assign(inputs, matrix, "input", f.path, data)
@@ -390,7 +390,7 @@ def _is_int(text: str) -> bool:
 def check_member_size(archive, path: str, key: str) -> None:
     """An npz member's header declares its shape; numpy allocates that before reading. A few bytes may
     claim terabytes, so the declared size must agree with the member's real (uncompressed) size."""
-    name = key if key in getattr(archive, "zip", None).namelist() else f"{key}.npy"
+    name = key if key in archive.zip.namelist() else f"{key}.npy"
     try:
         info = archive.zip.getinfo(name)
         with archive.zip.open(name) as fh:
@@ -413,11 +413,13 @@ def image_format(data: DataSpec | None, shape: tuple) -> tuple[tuple[int, int], 
         size = tuple(shape[:2]) if len(shape) == 3 and None not in shape[:2] else DEFAULT_IMAGE_SIZE
     elif not (isinstance(size, (list, tuple)) and len(size) == 2
               and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        assert data is not None, "only a spec's data section gives a size"
         raise source_error(data, f"size must be [height, width] in pixels, got {size!r}")
     mode = params.get("color_mode")
     if mode is None:
-        mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[-1] if len(shape) == 3 else None, "rgb")
+        mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[-1] if len(shape) == 3 else 0, "rgb")
     elif mode not in COLOR_MODES:
+        assert data is not None, "only a spec's data section gives a color mode"
         raise source_error(data, f"color_mode must be one of {', '.join(COLOR_MODES)}, got {mode!r}")
     return (int(size[0]), int(size[1])), mode
 

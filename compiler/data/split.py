@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -39,13 +40,38 @@ class Arrays:
         return self.take(np.arange(min(n, len(self))))
 
 
+class Streamed(Protocol):
+    """A split whose examples a tf.data pipeline reads only when asked (`stream.Stream`,
+    `csvstream.CsvStream`, `tfrecord.RecordStream`): what `Arrays` offers but `x`, plus the pipeline
+    itself and, after a failed epoch, a DataError naming the file (and line) that broke it."""
+
+    @property
+    def y(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def origin(self) -> np.ndarray | None: ...
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: np.ndarray) -> "Streamed": ...
+
+    def sample(self, n: int) -> Arrays: ...
+
+    def dataset(self, batch_size: int, shuffle: bool, seed: int, targets: bool = True, cache: bool = True): ...
+
+    def find_bad_file(self) -> None: ...
+
+
+Examples = Arrays | Streamed      # one split, in memory or streamed
+
+
 @dataclass(frozen=True)
 class Splits:
     """The data set, split, with what later stages need to know about it."""
 
-    train: Arrays                           # or a stream.Stream (same interface) for streamed sources
-    validation: Arrays | None               # None when the fraction is 0
-    test: Arrays | None
+    train: Examples                         # Arrays, or a streamed split for streamed sources
+    validation: Examples | None             # None when the fraction is 0
+    test: Examples | None
     task: str                               # of the first output
     tasks: dict[str, str]
     class_names: dict[str, list[str]]       # classification outputs only
@@ -57,7 +83,7 @@ class Splits:
     notes: tuple[str, ...] = ()             # said in the run's log and kept in data.json (the cache chosen)
     skipped: tuple[tuple[str, str], ...] = ()   # (file, why) left out under `data.on_bad_file: skip`
 
-    def splits(self) -> dict[str, Arrays]:
+    def splits(self) -> dict[str, Examples]:
         """The splits that exist, by name."""
         named = {"train": self.train, "validation": self.validation, "test": self.test}
         return {k: v for k, v in named.items() if v is not None}

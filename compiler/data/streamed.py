@@ -12,7 +12,7 @@ from dataclasses import replace
 from ..errors import DataError, Diagnostic
 from ..spec.types import DataSpec, ModelSpec
 from .bind import shape_text
-from .split import Splits
+from .split import Arrays, Examples, Splits
 from .stream import CACHE_DIR_ENV, Stream, plan_cache
 from .table import Table
 
@@ -70,8 +70,11 @@ def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Sp
                                                f"{os.path.basename(str(table.file))}, read batch by batch")
     if plan.mode == "disk":
         _make_cache_folder(str(plan.directory), data)
-    parts = {name: Stream(part, table.reader, plan, name) if part is not None else None
-             for name, part in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))}
+
+    def streamed(part: Examples, name: str) -> Stream:
+        assert isinstance(part, Arrays), "split_table splits the table of file references in memory"
+        return Stream(part, table.reader, plan, name)
+
     notes = [plan.note]
     if getattr(table.reader, "paired", False):
         notes.append(f"data: {len(files):,} image/mask pairs, split by a seeded shuffle (not stratified: a "
@@ -79,7 +82,9 @@ def stream_splits(splits: Splits, table: Table, data: DataSpec, seed: int) -> Sp
     if table.skipped:
         notes.append(f"data: skipped {len(table.skipped)} unreadable file(s) (data.on_bad_file: skip; listed in "
                      "data.json)")
-    return replace(splits, train=parts["train"], validation=parts["validation"], test=parts["test"],
+    return replace(splits, train=streamed(splits.train, "train"),
+                   validation=streamed(splits.validation, "validation") if splits.validation is not None else None,
+                   test=streamed(splits.test, "test") if splits.test is not None else None,
                    notes=tuple(notes), skipped=table.skipped)
 
 
@@ -97,9 +102,9 @@ def bound_masks(splits: Splits, output_shapes: dict[str, tuple]) -> Splits:
     shape = tuple(output_shapes[output])
     mask_sizes_fit(shape, first.reader, output)
     reader = replace(first.reader, classes=int(shape[-1]))
-    bounded = {name: replace(part, reader=reader) for name, part in parts.items()}
+    bounded = {name: replace(part, reader=reader) for name, part in parts.items() if isinstance(part, Stream)}
     bounded["train"].sample(MASK_SAMPLE)
-    return replace(splits, **bounded)
+    return replace(splits, train=bounded["train"], validation=bounded.get("validation"), test=bounded.get("test"))
 
 
 def _make_cache_folder(directory: str, data: DataSpec) -> None:

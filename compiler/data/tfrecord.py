@@ -119,7 +119,7 @@ def stream_tfrecord(data, model, seed: int):
     from .split import Splits
 
     rec = _spec(data, model)
-    labels = {o: [] for o in rec.y}
+    labels: dict[str, list[np.ndarray]] = {o: [] for o in rec.y}
     wanted = _description(rec, set(rec.y.values()))
     ds = _records(rec).batch(4096).map(lambda b: tf.io.parse_example(b, wanted))
     try:
@@ -130,8 +130,8 @@ def stream_tfrecord(data, model, seed: int):
         _find_bad(rec, set(rec.y.values()))
         raise
     ys, tasks, classes = {}, {}, {}
-    for o, parts in labels.items():
-        values = np.concatenate(parts) if parts else np.zeros((0,))
+    for o, chunks in labels.items():
+        values: np.ndarray = np.concatenate(chunks) if chunks else np.zeros((0,))
         if values.dtype.kind in "OS":
             values = values.astype(str)
         if values.ndim == 2 and values.shape[1] == 1:

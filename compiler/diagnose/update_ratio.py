@@ -42,7 +42,7 @@ FILENAME = UPDATE_RATIOS
 try:                                       # a real Keras callback when Keras is there (it always is at train time)
     import keras
 
-    _Base = keras.callbacks.Callback
+    _Base: Any = keras.callbacks.Callback   # Any: a base class chosen at import time, which mypy cannot follow
 except Exception:                          # pragma: no cover
     _Base = object
 

@@ -84,7 +84,9 @@ def use_cluster(cluster: str | None, index: int | None, environ=None) -> Cluster
                                       hint="e.g. --cluster host1:2222,host2:2222 --worker-index 0"))
     config = tf_config(parse_cluster(cluster), index)
     environ[TF_CONFIG] = json.dumps(config)
-    return read_tf_config(environ)
+    described = read_tf_config(environ)
+    assert described is not None, "a TF_CONFIG just written with a non-empty cluster describes one"
+    return described
 
 
 def read_tf_config(environ=None) -> Cluster | None:

@@ -138,7 +138,9 @@ def _supervise(workers: list[Worker], start_timeout: float, stop_grace: float, f
             _show_log(first, err)
             stop(running, stop_grace)
             if first is chief:
-                return first.returncode if first.returncode > 0 else 1
+                code = first.returncode
+                assert code is not None, "a failed worker has exited"
+                return code if code > 0 else 1
             return 1
         if not running:
             return 0

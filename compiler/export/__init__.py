@@ -73,12 +73,15 @@ def export_run(run: str | os.PathLike, fmt: str, output: str | os.PathLike, *, n
 
 
 def _writer(fmt: str):
+    """The writer module of `fmt`, imported only when asked for (each pulls in its own runtime)."""
     if fmt == "keras":
-        from . import keras_file as writer
-    elif fmt == "saved_model":
-        from . import saved_model as writer
-    elif fmt == "tflite":
-        from . import tflite as writer
-    else:
-        from . import onnx as writer
-    return writer
+        from . import keras_file
+        return keras_file
+    if fmt == "saved_model":
+        from . import saved_model
+        return saved_model
+    if fmt == "tflite":
+        from . import tflite
+        return tflite
+    from . import onnx
+    return onnx

@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import warnings
+from typing import Iterator
 
 import numpy as np
 
@@ -99,7 +100,7 @@ def has_recurrent_layer(model) -> bool:
 
 
 @contextlib.contextmanager
-def quiet():
+def quiet() -> Iterator[list[str]]:
     """Mute the converters' C++ logging, TensorFlow deprecation notices and Python warnings.
 
     Yields a list that receives what was written to stderr (for error messages).

@@ -118,11 +118,10 @@ def _data_inputs(spec, model, n: int, notes: list[str]) -> tuple[list[np.ndarray
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         notes.append(f"cannot load the run's data ({first}); checked on random inputs")
         return None, "random"
-    for name, part in (("test split", splits.test), ("validation split", splits.validation),
-                       ("train split", splits.train)):
-        if part is not None and len(part):
-            break
-    part = part.sample(n)           # decoded, for a streamed split
+    # the first non-empty split of test, validation, train (train, the last resort, always exists)
+    name, chosen = next(((name, part) for name, part in (("test split", splits.test), ("validation split", splits.validation))
+                         if part is not None and len(part)), ("train split", splits.train))
+    part = chosen.sample(n)           # decoded, for a streamed split
     out = []
     for tensor in flat_inputs(model):
         array = part.x.get(tensor.name)

@@ -36,7 +36,7 @@ def merge_base_class() -> type:
     return Merge
 
 
-def metric_containers() -> tuple[type, ...]:
+def metric_containers() -> tuple[type[Any], ...]:
     """The containers `compile()` wraps metrics in; `model.metrics` lists these, not the metrics."""
     from keras.src.trainers import compile_utils
 

@@ -83,8 +83,9 @@ def apply() -> bool:
             return tree.map_structure(lambda v: strategy.reduce(op, v, axis=None), values)
         return original_reduce(values, strategy, reduction)
 
-    _maybe_symbolic_build.__wrapped__ = original_build
-    reduce_per_replica.__wrapped__ = original_reduce
+    # setattr: mypy does not know that functions take attributes; __wrapped__ lets the originals be found.
+    setattr(_maybe_symbolic_build, "__wrapped__", original_build)
+    setattr(reduce_per_replica, "__wrapped__", original_reduce)
     trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
     trainer.reduce_per_replica = reduce_per_replica      # looked up as a module global at trace time
     _applied = True

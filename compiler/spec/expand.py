@@ -71,9 +71,10 @@ class Scope:
     via: tuple[Loc, ...] = ()
     inputs: list[str] | None = None                      # what `$input` means here
     blocks_in_use: tuple[str, ...] = ()
+    repeat_index: int | None = None                      # 1-based iteration of the repeat this scope is
 
     def lookup(self, name: str) -> str | None:
-        scope = self
+        scope: Scope | None = self
         while scope is not None:
             if name in scope.names:
                 return scope.names[name]
@@ -343,7 +344,7 @@ class Expander:
             new_use = self.fresh(f"{use.name.rsplit('.', 1)[-1]}_shared", scope)
         else:
             local = str(given)
-            index = getattr(scope, "repeat_index", None)
+            index = scope.repeat_index
             if index is not None and not templated:
                 local = f"{local}_{index}"
             new_use = scope.prefix + local
@@ -381,7 +382,7 @@ class Expander:
             full = self.fresh(base, scope)
         else:
             local = str(given)
-            index = getattr(scope, "repeat_index", None)
+            index = scope.repeat_index
             written = None
             if index is not None and not templated:   # a plain name repeated: number each copy
                 written = local
@@ -432,7 +433,8 @@ class Expander:
             self.taken.add(use_name)
         inputs = (self.resolve_refs(use["inputs"], scope, use.value_loc("inputs"), path + ("inputs",), scope.via)
                   if "inputs" in use else previous)
-        inner = Scope(env, use_name + ".", {}, None, (use_loc,) + scope.via, inputs,
+        use_site = (use_loc,) if use_loc is not None else ()   # a map built in code has no location
+        inner = Scope(env, use_name + ".", {}, None, use_site + scope.via, inputs,
                       scope.blocks_in_use + (block_name,))
         inner.parent = _GlobalOnly(scope)
         first = len(self.nodes)

@@ -11,16 +11,16 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from typing import Mapping
+from typing import Callable, Mapping
 
 MAX_EXPR_CHARS = 200
 MAX_EXPONENT = 64          # 2 ** 64 is plenty for layer sizes
 MAX_MAGNITUDE = 1e15
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+_BINARY: dict[type, Callable] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
            ast.Pow: operator.pow}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type, Callable] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
 class ExprError(ValueError):

@@ -37,7 +37,7 @@ def apply_overrides(tree: Map, overrides: list[str], errors: Collector) -> None:
         except Exception as exc:  # a SpecError from the YAML reader
             errors.add(f"cannot read the value: {exc}", where)
             continue
-        node = tree
+        node: Map | Seq = tree
         for i, step in enumerate(steps[:-1]):
             child = node.get(step) if isinstance(node, Map) else (
                 node[step] if isinstance(node, Seq) and isinstance(step, int) and step < len(node) else None)

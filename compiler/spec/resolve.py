@@ -8,7 +8,7 @@ the file:line:col it came from.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..errors import Collector, Diagnostic, Loc, SpecError
 from . import schemas
@@ -27,7 +27,7 @@ UPGRADES: dict[int, Callable[[Map], Map]] = {}
 MAX_INCLUDE_DEPTH = 10
 
 
-def resolve(path: str | Path, overrides: list[str] = (), errors: Collector | None = None) -> Map:
+def resolve(path: str | Path, overrides: Sequence[str] = (), errors: Collector | None = None) -> Map:
     """Load `path` and resolve it completely.
 
     Raises SpecError listing every problem; or, given a Collector, records the
@@ -37,7 +37,7 @@ def resolve(path: str | Path, overrides: list[str] = (), errors: Collector | Non
     budget = LoadBudget()   # one bound on files, values and characters for extends and include together
     tree = load_with_extends(path, budget=budget)
     collect = errors is not None
-    errors = errors if collect else Collector()
+    errors = errors if errors is not None else Collector()
     apply_overrides(tree, list(overrides), errors)
     errors.raise_if_any()
     tree = upgrade(tree, str(path))

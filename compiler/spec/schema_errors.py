@@ -100,7 +100,9 @@ def _chosen_branches(error, branches: list) -> list:
         if not path or not isinstance(path[0], int) or path[0] >= len(options):
             return False
         required = options[path[0]].get("required") if isinstance(options[path[0]], dict) else None
-        return bool(required) and all(k in instance for k in required)
+        if not required:
+            return False
+        return all(k in instance for k in required)
 
     kept = [e for e in branches if chosen(e)]
     return kept or branches
@@ -116,7 +118,7 @@ class _TypeError:
         self.validator_value, self.context, self.message = types, [], error.message
 
 
-def _merged_type_error(error, branches):
+def _merged_type_error(error, branches: list) -> Any:
     types: list[str] = []
     for e in branches:
         for t in (e.validator_value if isinstance(e.validator_value, list) else [e.validator_value]):
@@ -159,9 +161,9 @@ def to_diagnostics(error, tree, display_path) -> list[Diagnostic]:
         return [at(path, key=True, message=f"missing required key '{k}'" + (f" in {where}" if where else ""))
                 for k in missing]
     if kind == "type":
-        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
-        return [at(path, message=f"expected {words}, got {describe(instance)}")]
+        types: list[str] = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        accepted = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        return [at(path, message=f"expected {accepted}, got {describe(instance)}")]
     if kind == "enum":
         options = [o for o in error.validator_value if o is not None]
         shown = ", ".join(str(o) for o in options[:8]) + (", ..." if len(options) > 8 else "")

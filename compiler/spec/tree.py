@@ -22,12 +22,13 @@ class Map(dict):
     def __init__(self, items=(), loc: Loc | None = None, via: tuple[Loc, ...] = ()):
         super().__init__(items)
         self.loc = loc
-        self.key_locs: dict[str, Loc] = {}
-        self.value_locs: dict[str, Loc] = {}
+        # Keys are text, but for `--set train.0=...` on a mapping: validation then reports key 0 as unknown.
+        self.key_locs: dict[str | int, Loc | None] = {}   # None only in a map that has no location itself
+        self.value_locs: dict[str | int, Loc | None] = {}
         self.via = via
         self.source_path: tuple | None = None   # where an expanded node was written (see expand.py)
 
-    def set(self, key: str, value: Any, key_loc: Loc | None = None, value_loc: Loc | None = None) -> None:
+    def set(self, key: str | int, value: Any, key_loc: Loc | None = None, value_loc: Loc | None = None) -> None:
         """Set `key`, recording its locations (defaulting to the map's own)."""
         self[key] = value
         self.key_locs[key] = key_loc or self.key_locs.get(key) or self.loc

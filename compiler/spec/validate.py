@@ -15,7 +15,7 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import Collector
 from ..suggest import did_you_mean
@@ -32,7 +32,7 @@ SOURCES = {"sklearn": "name", "csv": "path", "npz": "path", "images": "path", "s
 PATH_PARAMS = ("path",)
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
     """load -> resolve -> validate: the whole front half, for one spec file."""
     errors = Collector()
     tree = resolve(path, overrides, errors)
@@ -91,7 +91,7 @@ def _follow(ref: str, doc: str, documents: dict):
     file, _, pointer = ref.partition("#")
     if file:
         base = doc.rsplit("/", 1)[0] + "/" if "/" in doc else ""
-        parts = []
+        parts: list[str] = []
         for part in (base + file).split("/"):
             if part == "..":
                 parts.pop()
@@ -150,6 +150,7 @@ def validate(tree: Map, file: str, errors: Collector | None = None) -> Spec:
             raise
         spec = None
     errors.raise_if_any()
+    assert spec is not None, "spec is None only after structural errors, which were just raised"
     return spec
 
 
@@ -173,8 +174,9 @@ def _check_finite(tree: Map, errors: Collector, display_path) -> None:
 def _typed(tree: Map, file: str, errors: Collector, display_path) -> Spec:
     model = _model(tree["model"], errors, display_path)
     outputs = model.outputs if model else ()
-    train = _train(tree.get("train"), outputs, errors) if tree.get("train") is not None else None
-    data = _data(tree.get("data")) if tree.get("data") is not None else None
+    train_tree, data_tree = tree.get("train"), tree.get("data")
+    train = _train(train_tree, outputs, errors) if train_tree is not None else None
+    data = _data(data_tree) if data_tree is not None else None
     return Spec(version=tree["kspec"], name=str(tree.get("name")), seed=int(tree.get("seed", 0) or 0),
                 file=file, model=model, data=data, train=train, tree=tree)
 
@@ -197,7 +199,7 @@ def _model(model: Map, errors: Collector, display_path) -> ModelSpec:
     all_names = known | set(names)
     nodes: list[NodeSpec] = []
     previous = [inputs[0].name] if len(inputs) == 1 else None
-    by_name: dict[str, Map] = {}
+    by_name: dict[str, dict[str, Any]] = {}   # node name -> its kind, arguments and origin (for `share`)
     for index, item in enumerate(layers):
         path = ["model", "layers", index]
         where = display_path(path)
@@ -473,7 +475,7 @@ def _data(data: Map) -> DataSpec:
 
 # -- entry points for `kspec tune` (compiler/tune/), which sets `--set` paths trial by trial ------
 
-def merged_tree(path: str | Path, overrides: list[str] = ()) -> Map:
+def merged_tree(path: str | Path, overrides: Sequence[str] = ()) -> Map:
     """The spec as `--set` sees it: `extends` merged and the overrides applied, nothing expanded."""
     from .extends import load_with_extends
     from .overrides import apply_overrides

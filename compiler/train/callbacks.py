@@ -52,7 +52,7 @@ class EpochGuard(keras.callbacks.Callback):
 
     async_safe = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.failed: tuple[int, int | None, str] | None = None    # (epoch, batch or None, what)
         self.epoch = 0
@@ -173,7 +173,7 @@ class RunRecorder(keras.callbacks.Callback):
             pass
 
     # -- each epoch ---------------------------------------------------------------------
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.guard.failed is not None:
             return                            # a NaN epoch is never recorded: the last checkpoint stays good
         logs = dict(logs or {})

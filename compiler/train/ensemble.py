@@ -64,6 +64,7 @@ from ..rundir import (
 from ..spec.types import Spec
 
 MEMBERS = "members"
+CHECKED = "train_ensemble checked the spec's sections (run.check_trainable)"
 
 
 def member_name(i: int) -> str:
@@ -86,7 +87,7 @@ def member_spec(spec: Spec, i: int) -> Spec:
     if data is not None and data.split_seed is None:
         data = dataclasses.replace(data, split_seed=spec.seed)
     return dataclasses.replace(spec, name=member_name(i), seed=spec.seed + i, tree=tree, data=data,
-                               train=dataclasses.replace(spec.train, ensemble=1))
+                               train=dataclasses.replace(spec.train, ensemble=1) if spec.train is not None else None)
 
 
 def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int = 1,
@@ -97,17 +98,15 @@ def train_ensemble(spec: Spec, run_dir=None, resume: bool = False, workers: int 
 
     run_module.check_workers(workers)
     check_single_process(spec)
-    if spec.data is None:
-        raise SpecError(Diagnostic("the spec has no `data` section, so there is nothing to train on",
-                                   path="data"))
+    data, train = run_module.check_trainable(spec)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
-    count = int(spec.train.ensemble)
+    count = int(train.ensemble)
     if splits is None:
         from ..data import load_splits
 
-        splits = load_splits(spec.data, spec.model, spec.seed)      # bad data fails before a run exists
+        splits = load_splits(data, spec.model, spec.seed)      # bad data fails before a run exists
     run = _open(spec, run_dir, resume)            # claimed and locked (rundir.claim); released below
     try:
         _write_spec(run, spec, resume)
@@ -184,6 +183,7 @@ def _write_spec(run: RunDir, spec: Spec, resume: bool) -> None:
 
     from ..spec.tree import plain
 
+    assert spec.data is not None, CHECKED
     tree = plain(spec.tree)
     source = (tree.get("data") or {}).get("source") if isinstance(tree, dict) else None
     if "path" in spec.data.params and isinstance(source, dict) and spec.data.source in source:
@@ -240,6 +240,7 @@ def _model_name(name: str) -> str:
 
 
 def _finish(spec: Spec, run: RunDir, member_dirs: list[Path], verbose: int, started: float, splits) -> Path:
+    assert spec.train is not None, CHECKED
     import keras
 
     import compiler.layers  # noqa: F401  (kspec's own layers, for loading the members)

@@ -71,6 +71,7 @@ def info_or_splits(loaded: LoadedRun) -> dict:
         return loaded.info
     from ..data import load_splits
 
+    assert loaded.spec.data is not None, "a run's spec was trained, so it has a data section"
     splits = load_splits(loaded.spec.data, loaded.spec.model, loaded.spec.seed)
     return {"tasks": splits.tasks, "class_names": splits.class_names, "feature_names": splits.feature_names,
             "targets": splits.targets}
@@ -182,7 +183,7 @@ def _csv_targets(path: str, spec: Spec, outputs: list[str], delimiter: str) -> d
     out = {}
     for output in outputs:
         if isinstance(target, dict):
-            cols = target.get(output)
+            cols = target[output]          # training checked that the mapping names every output
         elif target is not None and len(outputs) == 1:
             cols = target
         else:

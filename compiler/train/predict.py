@@ -89,7 +89,8 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
                 arrays[f"{o}_class"] = np.asarray(classes_of(values, _class_names(info, o, values)))
             elif o in segmentation:
                 arrays[f"{o}_class"] = class_maps(values)
-        np.savez(buffer, **arrays)
+        # numpy's stub lets `**kwds` fill the keyword `allow_pickle: bool`, so every mapping of arrays fails it.
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
         atomic_write_bytes(output, buffer.getvalue())
     else:
         atomic_write_text(output, to_csv(columns))

@@ -66,10 +66,13 @@ from ..rundir import (
     resolve_inside,
     writes_path,
 )
-from ..spec.types import Component, PhaseSpec, Spec
+from ..spec.types import Component, DataSpec, PhaseSpec, Spec, TrainSpec
 from . import history as history_io
 from .interrupt import interruptible, shielded
 from .state import ResumeState, where_to_start
+
+# The stages below `train()` run only after `check_trainable`.
+SPEC_CHECKED = "train() called check_trainable, so the spec has `data` and `train`"
 
 
 def check_workers(workers: int) -> None:
@@ -83,6 +86,16 @@ def check_workers(workers: int) -> None:
         raise KspecError(Diagnostic(f"--workers must be at least 1, got {workers}"))
 
 
+def check_trainable(spec: Spec) -> tuple[DataSpec, TrainSpec]:
+    """The spec's `data` and `train` sections, which training needs; a SpecError (exit 2) without one."""
+    if spec.data is None:
+        raise SpecError(Diagnostic("the spec has no `data` section, so there is nothing to train on",
+                                   path="data"))
+    if spec.train is None:
+        raise SpecError(Diagnostic("the spec has no `train` section (optimizer, loss, epochs...)", path="train"))
+    return spec.data, spec.train
+
+
 def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = False, workers: int = 1,
           verbose: int | None = None, splits: Splits | None = None) -> Path:
     """Train `spec`; return the run directory. Raises SpecError/DataError (exit 2), TrainingError (exit 1).
@@ -91,11 +104,7 @@ def train(spec: Spec, run_dir: str | os.PathLike | None = None, resume: bool = F
     TensorFlow starts, so that bad data is reported in a second rather than after TF's start-up).
     """
     check_workers(workers)
-    if spec.data is None:
-        raise SpecError(Diagnostic("the spec has no `data` section, so there is nothing to train on",
-                                   path="data"))
-    if spec.train is None:
-        raise SpecError(Diagnostic("the spec has no `train` section (optimizer, loss, epochs...)", path="train"))
+    check_trainable(spec)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
@@ -172,6 +181,7 @@ def _copy_run(source: RunDir, target: RunDir) -> None:
 
 def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, plan,
            splits: Splits | None = None) -> Path:
+    assert spec.train is not None, SPEC_CHECKED
     state = ResumeState.from_json(run.read_state()) if resume else None
     phases = _phases(spec)
     if state is not None and state.finished:
@@ -203,12 +213,14 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, 
 def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, verbose: int, started: float,
                     distribution, splits: Splits | None, precision=None) -> Path:
     """Data, model, fit, evaluate: everything that creates or reads variables, inside the strategy's scope."""
+    assert spec.train is not None, SPEC_CHECKED
     import keras
 
     from ..data import bound_masks, check_labels, input_layers, load_splits, make_dataset
 
     prechecked = splits is not None            # `kspec train` loaded the data and checked the losses (warnings)
     if splits is None:
+        assert spec.data is not None, SPEC_CHECKED
         splits = load_splits(spec.data, spec.model, spec.seed)
     _write_data_info(run, splits, spec)
     for note in splits.notes:
@@ -402,6 +414,7 @@ def _say(verbose: int, text: str) -> None:
 
 def _configure(spec: Spec, keras, tf):
     """Seeds, determinism and the dtype policy; returns the PrecisionChoice (printed and recorded)."""
+    assert spec.train is not None, SPEC_CHECKED
     from ..distribute.strategy import choose_precision
 
     keras.utils.set_random_seed(spec.seed)
@@ -413,6 +426,7 @@ def _configure(spec: Spec, keras, tf):
 
 
 def _build(spec: Spec, splits, input_layers, log=print):
+    assert spec.train is not None, SPEC_CHECKED
     from ..builder import build_model, compile_model
     from ..builder.adapt import adapt_on_split
 
@@ -450,6 +464,7 @@ def _output_shapes(spec: Spec, model) -> dict[str, tuple]:
 
 
 def _class_weight(spec: Spec, splits, model) -> dict[int, float] | None:
+    assert spec.train is not None, SPEC_CHECKED
     value = spec.train.class_weight
     if value is None:
         return None
@@ -483,11 +498,13 @@ def _class_weight(spec: Spec, splits, model) -> dict[int, float] | None:
 
 def _spec_callbacks(spec: Spec, run: RunDir) -> list:
     """The spec's `train.callbacks`, created by the registry; relative file arguments go in the run dir."""
+    assert spec.train is not None, SPEC_CHECKED
     from .. import registry
     from ..builder.compile import spec_value
     from ..builder.errors import keras_message
 
-    out, problems = [], []
+    out: list[Any] = []
+    problems: list[Diagnostic] = []
     for component in spec.train.callbacks:
         args = dict(component.args)
         for key, value in list(args.items()):
@@ -513,10 +530,12 @@ def _spec_callbacks(spec: Spec, run: RunDir) -> list:
 def _checkpoint_seconds(spec: Spec, distribution) -> float:
     """train.checkpoint.every_seconds; 0 (every epoch) with several workers: a save reads variables through
     collective ops, so every worker must save at the same epochs, which a clock of its own cannot promise."""
+    assert spec.train is not None, SPEC_CHECKED
     return 0.0 if distribution.mode == "multi_worker" else spec.train.checkpoint_every_seconds
 
 
 def _phases(spec: Spec) -> tuple[PhaseSpec, ...]:
+    assert spec.train is not None, SPEC_CHECKED
     return spec.train.phases or (PhaseSpec(name="train", epochs=spec.train.epochs),)
 
 
@@ -527,6 +546,7 @@ def _apply_phase(model, phase: PhaseSpec, spec: Spec) -> None:
 
     A re-compile starts a fresh optimizer (as a hand-written fine-tuning step does).
     """
+    assert spec.train is not None, SPEC_CHECKED
     changed = False
     if phase.trainable is not None:
         set_trainable(model, phase.trainable, _backbone_names(spec))
@@ -568,6 +588,7 @@ def check_phase_patterns(model, spec: Spec) -> None:
     """Before any training: every phase's `trainable` pattern matches a layer of its scope (else the
     phase would silently freeze the whole backbone), as on a Backbone node: a located error with the
     closest layer name."""
+    assert spec.train is not None, SPEC_CHECKED
     from ..builder.backbone import TRAINABLE_HINT, leaf_names, pattern_matches
     from ..suggest import did_you_mean
 
@@ -646,6 +667,7 @@ def _training_error(exc: BaseException, guard, run: RunDir) -> TrainingError:
 
 def _finish(run: RunDir, spec: Spec, model, splits, recorder, make_dataset, batch: int, verbose: int,
             started: float, keras, precision=None) -> Path:
+    assert spec.train is not None, SPEC_CHECKED
     rows = recorder.rows
     if spec.train.keep == "best" and run.best.exists() and not _holds_best(recorder):
         model.load_weights(run.best)
@@ -709,7 +731,7 @@ def _holds_best(recorder) -> bool:
 class _Background:
     """Run a function on a thread; `result()` joins it and re-raises its exception."""
 
-    def __init__(self, fn, *args):
+    def __init__(self, fn, *args) -> None:
         import threading
 
         self._error: BaseException | None = None
