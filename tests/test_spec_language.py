@@ -101,6 +101,17 @@ def test_overrides_are_yaml_values(tmp_path):
     assert tree["data"]["reshape"] == [2, 2]
 
 
+def test_override_of_a_numbered_key_replaces_it(tmp_path):
+    # YAML keys are read as text ('1'); `--set train.class_weight.1=5` once added an int key 1 beside
+    # it, and the spec.yaml a run saves then had `'1': 2.0` and `1: 5`, a duplicate key kspec rejects.
+    spec = write(tmp_path, "spec.yaml", "kspec: 1\nmodel:\n  inputs: {x: {shape: [4]}}\n"
+                                        "  layers: [{Dense: {units: 2, activation: softmax}}]\n"
+                                        "train:\n  loss: sparse_categorical_crossentropy\n  class_weight: {0: 1.0, 1: 2.0}\n")
+    tree = plain(resolve(spec, ["train.class_weight.1=5", "train.class_weight[0]=3"]))
+    assert tree["train"]["class_weight"] == {"0": 3, "1": 5}
+    assert load_spec(spec, ["train.class_weight.1=5"]).train.class_weight == {0: 1.0, 1: 5.0}
+
+
 def test_bad_override_is_a_spec_error(tmp_path):
     spec = write(tmp_path, "spec.yaml", "kspec: 1\nmodel:\n  inputs: {x: {shape: [4]}}\n  layers: [{Dense: {units: 1}}]\n")
     with pytest.raises(SpecError, match="PATH=VALUE"):

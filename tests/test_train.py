@@ -199,6 +199,22 @@ def test_predict_writes_class_names(iris_run, tmp_path):
     assert printed.startswith("labelled.csv (6 examples): ") and "accuracy" in printed
 
 
+@slow
+def test_predict_a_model_whose_spec_has_no_data(tmp_path):
+    # A folder with a data-less spec and its built model: predict once stopped with an internal
+    # error (AttributeError), re-loading a data section that is not there for the facts of data.json.
+    run = tmp_path / "built"
+    run.mkdir()
+    spec = run / "spec.yaml"
+    spec.write_text("kspec: 1\nname: bare\nmodel:\n  inputs: {x: {shape: [3]}}\n"
+                    "  layers: [{Dense: {units: 2, activation: softmax}}]\n")
+    ok(kspec("build", spec, "-o", run / "model.keras"))
+    inputs = tmp_path / "inputs.csv"
+    inputs.write_text("a,b,c\n0.1,0.2,0.3\n1,2,3\n")
+    lines = ok(kspec("predict", run, inputs)).stdout.splitlines()
+    assert len(lines) == 3, lines    # a header and one row per example
+
+
 # -- digits ------------------------------------------------------------------------------------
 
 DIGITS_EPOCHS = 4

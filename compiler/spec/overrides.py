@@ -39,11 +39,11 @@ def apply_overrides(tree: Map, overrides: list[str], errors: Collector) -> None:
             continue
         node: Map | Seq = tree
         for i, step in enumerate(steps[:-1]):
-            child = node.get(step) if isinstance(node, Map) else (
+            child = node.get(str(step)) if isinstance(node, Map) else (
                 node[step] if isinstance(node, Seq) and isinstance(step, int) and step < len(node) else None)
             if child is None and isinstance(node, Map):
                 child = Map(loc=where)
-                node.set(step, child, where, where)
+                node.set(str(step), child, where, where)
             if not isinstance(child, (Map, Seq)):
                 errors.add(f"cannot set '{path}': '{_show(steps[:i + 1])}' is not a mapping or list", where)
                 break
@@ -51,7 +51,7 @@ def apply_overrides(tree: Map, overrides: list[str], errors: Collector) -> None:
         else:
             last = steps[-1]
             if isinstance(node, Map):
-                node.set(last, value, where, where)
+                node.set(str(last), value, where, where)   # a mapping's keys are text, also `class_weight.1`
             elif isinstance(node, Seq) and isinstance(last, int) and last < len(node):
                 node[last] = value
                 node.item_locs[last] = where

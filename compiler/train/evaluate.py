@@ -69,9 +69,10 @@ def info_or_splits(loaded: LoadedRun) -> dict:
     """data.json, or (for a run without one) the same facts from re-loading the data."""
     if loaded.info.get("tasks") is not None:
         return loaded.info
+    if loaded.spec.data is None:   # a model built from a spec without `data`: nothing to re-load
+        return {}
     from ..data import load_splits
 
-    assert loaded.spec.data is not None, "a run's spec was trained, so it has a data section"
     splits = load_splits(loaded.spec.data, loaded.spec.model, loaded.spec.seed)
     return {"tasks": splits.tasks, "class_names": splits.class_names, "feature_names": splits.feature_names,
             "targets": splits.targets}
