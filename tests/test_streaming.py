@@ -636,3 +636,39 @@ def test_tfrecord_shards_stream_numbers_and_encoded_images(tmp_path):
     with pytest.raises(DataError) as e:
         explain_failure(ds)
     assert f"{tmp_path / 'part-9.tfrecord'}: error: record 0" in str(e.value) and "png" in str(e.value)
+
+
+# --------------------------------------------------------------------- multi-worker sharding
+
+@pytest.mark.parametrize("per_file, examples, workers, expected", [
+    (True, 100, 1, "data"),        # one worker: nothing to shard
+    (True, 100, 2, "files"),       # an image folder: each file decoded by one worker
+    (True, 2, 2, "files"),         # as many files as workers: one each
+    (True, 1, 2, "data"),          # fewer files than workers: a worker would get none
+    (False, 100, 4, "data"),       # TFRecord / CSV rows: a record's split depends on its global position
+])
+def test_sharding_policy(per_file, examples, workers, expected):
+    from compiler.data.shard import policy
+
+    assert policy(per_file, examples, workers) == expected
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_each_worker_reads_a_disjoint_share_of_the_files(tmp_path, cache):
+    """One worker's pipeline shards the file list before decoding, with tf.data's auto-sharding off
+    (which would make every worker decode every file again); together the shares are the split."""
+    import tensorflow as tf
+
+    from compiler.data.shard import Sharding
+
+    root = images(tmp_path / "pets", per_class=5)          # every image's pixel value names its file
+    s = load_splits(DataSpec("images", {"path": str(root)}, cache=cache), model(), 0)
+    shares = []
+    for index in range(2):
+        ds = s.train.dataset(3, True, 0, sharding=Sharding(2, index))
+        assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
+        shares.append(sorted(int(x.mean()) for xb, _ in ds for x in xb.numpy()))
+    assert len(shares[0]) == len(shares[1]) == 5 and not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(int(x.mean()) for x in s.train.sample(10).x["img"])
+    one = make_dataset(s.train, 3, shuffle=True, seed=0)
+    assert one.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, Diagnostic
+from .shard import Sharding
 from .split import Arrays
 
 CACHE_MODES = ("auto", "memory", "none", "disk")
@@ -114,8 +115,11 @@ class Stream:
         return Arrays(x, {o: v[:k] for o, v in self.y.items()},
                       self.origin[:k] if self.origin is not None else None)
 
-    def dataset(self, batch_size: int, shuffle: bool, seed: int, targets: bool = True, cache: bool = True):
-        """Batched (x, y) (or x) pipeline: shuffle the file list, decode in parallel, cache as planned, prefetch."""
+    def dataset(self, batch_size: int, shuffle: bool, seed: int, targets: bool = True, cache: bool = True,
+                sharding: Sharding | None = None):
+        """Batched (x, y) (or x) pipeline: shuffle the file list, decode in parallel, cache as planned, prefetch.
+        With `sharding` (one input pipeline of several workers, shard.py), only this worker's share of the
+        files is decoded, batched by `batch_size` (the per-replica batch)."""
         import tensorflow as tf
 
         if getattr(self.reader, "batched", False):
@@ -125,6 +129,11 @@ class Stream:
         paired = self.paired
         y = (self.masks.astype(str) if paired else _structure(self.y)) if targets and self.refs.y else None
         ds = tf.data.Dataset.from_tensor_slices((files, y) if y is not None else (files,))
+        stream = self
+        if sharding is not None:                 # before decoding: each file is read by one worker
+            ds = ds.shard(sharding.workers, sharding.index)
+            stream = replace(self, cache=replace(self.cache, key=f"{self.cache.key}-worker{sharding.index}of"
+                                                                f"{sharding.workers}"))   # its own disk cache
         reader = self.reader
 
         def decode(paths, *rest):
@@ -143,7 +152,7 @@ class Stream:
         else:
             ds = ds.map(decode, num_parallel_calls=auto, deterministic=True)
             if mode == "disk":
-                ds = self._disk_cached(ds)
+                ds = stream._disk_cached(ds)
             else:
                 ds = ds.cache()
             if shuffle:
@@ -153,7 +162,8 @@ class Stream:
             ds = ds.map(lambda x, mask: (x, reader.bounded(mask)), num_parallel_calls=auto, deterministic=True)
         ds = ds.batch(batch_size).prefetch(auto)
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        shard_policy = tf.data.experimental.AutoShardPolicy
+        options.experimental_distribute.auto_shard_policy = shard_policy.OFF if sharding else shard_policy.DATA
         return register(ds.with_options(options), self)
 
     def _batched(self, batch_size: int, shuffle: bool, seed: int, targets: bool, cache: bool):

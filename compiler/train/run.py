@@ -257,8 +257,16 @@ def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, 
     batch = spec.train.batch_size
     begin = where_to_start(state, [p.epochs for p in phases])
     done = begin.done
-    train_ds = make_dataset(splits.train, batch, shuffle=True, seed=spec.seed + done)
-    val_ds = make_dataset(splits.validation, batch, shuffle=False, seed=spec.seed) if splits.validation else None
+    if distribution.mode == "multi_worker":       # image files: each decoded by one worker only (shard.py)
+        from ..data.shard import distributed_dataset
+
+        def feed(part, shuffle: bool, seed: int):
+            return distributed_dataset(part, distribution.strategy, distribution.plan.workers, batch, shuffle, seed)
+    else:
+        def feed(part, shuffle: bool, seed: int):
+            return make_dataset(part, batch, shuffle=shuffle, seed=seed)
+    train_ds = feed(splits.train, True, spec.seed + done)
+    val_ds = feed(splits.validation, False, spec.seed) if splits.validation else None
     class_weight = _class_weight(spec, splits, model)
 
     from .callbacks import EpochGuard, EpochPrinter, EpochTensorBoard, RunRecorder
