@@ -438,6 +438,23 @@ def test_mixed_bfloat16_and_mirrored_strategy_on_cpu(tmp_path):
     assert layers["bn_user"].synchronized is False                        # the spec's own choice is kept
 
 
+def test_train_in_process_leaves_the_callers_dtype_policy_alone(tmp_path):
+    """A run under bfloat16 (train.mixed_precision, or `auto` on a CPU with AMX) must not leave the
+    global Keras policy at bfloat16 for models the caller builds afterwards (CI found this)."""
+    import keras
+
+    from compiler.spec.validate import load_spec
+    from compiler.train import train
+
+    spec_file = tmp_path / "bn.yaml"
+    spec_file.write_text(BATCHNORM)
+    spec = load_spec(str(spec_file), ["train.mixed_precision=mixed_bfloat16", "train.epochs=1"])
+    assert keras.config.dtype_policy().name == "float32"
+    train(spec, run_dir=tmp_path / "run", verbose=0)
+    assert keras.config.dtype_policy().name == "float32"
+    assert keras.layers.Dense(2).dtype_policy.name == "float32"
+
+
 def test_float16_model_trains_saves_and_loads(tmp_path):
     import keras
     import numpy as np

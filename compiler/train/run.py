@@ -201,13 +201,19 @@ def _train(spec: Spec, run: RunDir, resume: bool, verbose: int, started: float, 
 
     # First of all: GPU memory growth, and the strategy (a multi-worker one waits here for its cluster).
     distribution = start_distribution(plan, spec.train)
+    caller_policy = keras.config.dtype_policy()
     precision = _configure(spec, keras, tf)
     if distribution.replicas > 1 or distribution.mode == "multi_worker":
         _say(verbose, distribution.describe(spec.train.batch_size))
     if precision.setting == "auto" or precision.policy != "float32":
         _say(verbose, precision.describe())
-    with distribution.strategy.scope():
-        return _train_in_scope(spec, run, state, phases, verbose, started, distribution, splits, precision)
+    try:
+        with distribution.strategy.scope():
+            return _train_in_scope(spec, run, state, phases, verbose, started, distribution, splits, precision)
+    finally:
+        # The policy is global Keras state: a caller's models built after train() (a notebook, a
+        # test, the next ensemble member) must not silently become bfloat16 because this run was.
+        keras.mixed_precision.set_global_policy(caller_policy)
 
 
 def _train_in_scope(spec: Spec, run: RunDir, state: ResumeState | None, phases, verbose: int, started: float,
