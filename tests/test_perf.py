@@ -47,11 +47,12 @@ def test_cpu_support_from_flags_and_the_environment(tmp_path):
     ("lstm_forget_bias.yaml", "float32"),           # recurrent
     ("sort.yaml", "float32"),                       # regression target
     ("autoencoder.yaml", "float32"),                # regression, and an activity_regularizer
+    ("segmentation_shapes.yaml", "float32"),        # convolutions, but a per-pixel classifier
 ])
 def test_auto_precision_rule(example, with_bf16):
     spec = load_spec(EXAMPLES / example)
     yes, no = Support(True, "simulated"), Support(False, "simulated")
-    assert choose_precision(spec.train, spec.model, gpus=[], cpu=yes).policy == with_bf16
+    assert choose_precision(spec.train, spec.model, spec.data, gpus=[], cpu=yes).policy == with_bf16
     assert choose_precision(spec.train, spec.model, gpus=[], cpu=no).policy == "float32"
     assert choose_precision(spec.train, spec.model, gpus=[(8, 0)], cpu=yes).policy == "mixed_float16"
     assert choose_precision(spec.train, spec.model, gpus=[(6, 1)], cpu=yes).policy == "float32"

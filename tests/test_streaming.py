@@ -531,6 +531,49 @@ def test_streamed_csv_bad_line_half_way_is_named(tmp_path, monkeypatch, bad, exp
     assert f"{path}:2500:" in str(e.value) and expected in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize("bad, expected", [
+    ("1.0,2.0,3.0,4.0,1,9", "line 2500 has 6 fields but the header has 5"),
+    ("1.0,,3.0,4.0,1", "column 'b' is missing on line 2500"),
+    ('1.0,"2.0\n3.0",3.0,4.0,1', "a quoted field on line 2500 holds a line break"),
+])
+def test_streamed_csv_bad_row_found_by_the_csv_op_is_named(tmp_path, monkeypatch, bad, expected):
+    import compiler.data.csvstream
+
+    monkeypatch.setattr(compiler.data.csvstream, "SAMPLE_ROWS", 1000)
+    path = _numbers_csv(tmp_path / "big.csv", 3000, {2500: bad})
+    s = load_splits(DataSpec("csv", {"path": str(path), "target": "label", "stream": True}), flat(4), 0)
+    import tensorflow as tf
+
+    from compiler.data.stream import explain_failure
+
+    ds = make_dataset(s.train, 512, shuffle=False, seed=0)
+    with pytest.raises(tf.errors.OpError):
+        for _ in ds:
+            pass
+    with pytest.raises(DataError) as e:
+        explain_failure(ds)
+    assert f"{path}:2500:" in str(e.value) and expected in str(e.value), str(e.value)
+
+
+def test_streamed_csv_reads_quoted_fields(tmp_path):
+    """RFC 4180: a quoted cell may hold the delimiter or a doubled quote; quoted numbers are numbers."""
+    path = tmp_path / "quoted.csv"
+    rows = ["name,size,colour,label"]
+    for i in range(400):
+        colour = ['"red, dark"', 'blue', '"say ""green"""'][i % 3]
+        rows.append(f'"item {i}","{i / 100:.2f}",{colour},{"yes" if i % 2 else "no"}')
+    path.write_text("\n".join(rows) + "\n")
+    data = DataSpec("csv", {"path": str(path), "target": "label", "stream": True, "features": ["size", "colour"]},
+                    validation=0.0, test=0.0)
+    s = load_splits(data, flat(4), 0)
+    assert s.feature_names == {"x": ["size", "colour=blue", "colour=red, dark", 'colour=say "green"']}
+    x, y = next(iter(make_dataset(s.train, 400, shuffle=False, seed=0)))
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == (400, 4) and np.allclose(x[:3, 0], [0.0, 0.01, 0.02])
+    assert x[:3, 1:].tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert s.class_names["y"] == ["no", "yes"] and y[:4].tolist() == [0, 1, 0, 1]
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9_on_a_streamed_image_folder(tmp_path):
     import signal

@@ -1,8 +1,8 @@
 """A CSV file bigger than memory, streamed: parsed in tf.data, chunk by chunk, vectorised.
 
 Chosen for a csv source when the file is larger than STREAM_BYTES, or with `stream: true`.
-Nothing is held per example: lines are read by `TextLineDataset` in chunks of CHUNK lines,
-split into fields and converted to numbers by vectorised string ops (no per-row Python), and
+Nothing is held per example: lines are read by `TextLineDataset` in blocks of BLOCK lines,
+split into fields and converted to numbers by `tf.io.decode_csv` (no per-row Python), and
 each line goes to the train / validation / test split by a seeded hash of its line number,
 so the split is the same every epoch and every run of the spec, and needs no index in memory.
 
@@ -15,12 +15,13 @@ re-reads the file in Python to say what is wrong there when TensorFlow's own op 
 
 The line count (for split sizes) comes from counting newline bytes, at disk speed. The
 split is not stratified (the hash does not know the labels); each fraction is exact in
-expectation. Fields may not be quoted (a quoted delimiter cannot be split vectorised):
-a file with quotes in its first rows is refused with a hint.
+expectation. Fields may be quoted as RFC 4180 says (`tf.io.decode_csv`), but a row stays on one
+line: a quoted line break is an error at its line.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass, field
 
@@ -33,8 +34,9 @@ from .table import file_error
 
 STREAM_BYTES = 256 * 2 ** 20        # bigger CSV files stream (or `stream: true`)
 SAMPLE_ROWS = 10_000
-CHUNK = 4096
-SHUFFLE_BUFFER = 16_384
+BLOCK = 32_768                      # lines parsed by one decode_csv call
+SHUFFLE_BLOCKS = 8                  # training order: blocks shuffled in a buffer of 8, rows within each
+SHUFFLE_BUFFER = 16_384             # a per-example shuffle buffer (TFRecord records)
 _HASH = 0x9E3779B97F4A7C15          # Fibonacci hashing of line numbers
 
 
@@ -89,9 +91,6 @@ def layout(data, model, header: bool, columns: list[str] | None) -> tuple[CsvLay
     from .sources import _target, _target_columns
     path, delimiter = str(data.params["path"]), str(data.params.get("delimiter", ","))
     sample = _head(path, SAMPLE_ROWS + 1)
-    if '"' in sample:
-        raise file_error(path, "a streamed CSV file may not quote fields (its first rows do)",
-                         hint="write the file without quotes, or `stream: false` to read it into memory")
     f = parse_csv_text(path, sample, delimiter, header_row=header, columns=columns)
     outputs = tuple(model.outputs)
     if len(outputs) != 1:
@@ -182,59 +181,74 @@ class CsvStream:
         import tensorflow as tf
 
         lay = self.layout
-        ncols = len(lay.header)
         tables = {c: _table(v) for c, v in lay.categories.items()}
         label_table = _table(lay.labels) if lay.task == "classification" and not lay.integer_labels else None
         split_seed, lo, hi = self.seed, *_bounds(self.bucket, self.validation, self.test)
 
-        def parse(index, lines):
+        wanted = {c for cols in lay.inputs.values() for c in cols} | {lay.target}
+        # Every column is decoded (so that a row with too many fields fails too); the used numeric
+        # ones as required float32 (an empty cell fails), the rest as text.
+        defaults = [tf.constant([], tf.float32) if c in wanted and c not in tables and
+                    not (c == lay.target and label_table is not None) else
+                    (tf.constant([], tf.string) if c in wanted else tf.constant("", tf.string))
+                    for c in lay.header]
+
+        def parse(index, lines, draw=None):
             checks = []
-            first = index * CHUNK + lay.skip + 1                 # file line number of lines[0]
+            first = index * BLOCK + lay.skip + 1                 # file line number of lines[0]
             numbers = tf.range(tf.size(lines), dtype=tf.int64) + first
-            keep = tf.strings.length(tf.strings.strip(lines)) > 0
+            lines = tf.strings.strip(lines)
+            keep = tf.strings.length(lines) > 0
             u = _tf_unit(numbers, split_seed)
             keep &= (u >= lo) & (u < hi)
             lines, numbers = tf.boolean_mask(lines, keep), tf.boolean_mask(numbers, keep)
-            cells = tf.strings.split(tf.strings.strip(lines), lay.delimiter)
-            widths = cells.row_lengths()
-            bad = tf.where(tf.not_equal(widths, ncols))
-            checks.append(tf.debugging.Assert(tf.equal(tf.size(bad), 0), [f"kspec-csv-fields {ncols} at line",
-                                              tf.gather(numbers, bad[:1, 0])], summarize=1))
-            cells = tf.strings.strip(cells.to_tensor(default_value="", shape=[None, ncols]))
+            # RFC 4180 quoting; a bad row (fields, an empty or unparsable number) fails the op, and
+            # find_bad_file then names its line.
+            cells = tf.io.decode_csv(lines, defaults, field_delim=lay.delimiter, use_quote_delim=True)
+            column = {c: cells[j] for j, c in enumerate(lay.header)}
             x = {}
             for name, cols in lay.inputs.items():
                 parts = []
                 for c in cols:
-                    j = lay.header.index(c)
                     if c in tables:
-                        k = tables[c].lookup(cells[:, j])
+                        k = tables[c].lookup(tf.strings.strip(column[c]))
                         checks.append(_assert_known(k, numbers, c))
                         parts.append(tf.one_hot(k, len(lay.categories[c]), dtype=tf.float32))
                     else:
-                        parts.append(_number(cells[:, j], numbers, c, checks)[:, None])
+                        parts.append(_finite(column[c], numbers, c, checks)[:, None])
                 x[name] = tf.concat(parts, axis=1)
-            column = cells[:, lay.header.index(lay.target)]
+            target = column[lay.target]
             if lay.task == "classification":
                 if label_table is not None:
-                    label = label_table.lookup(column)
+                    label = label_table.lookup(tf.strings.strip(target))
                 else:
-                    label = tf.cast(_number(column, numbers, lay.target, checks), tf.int64)
+                    label = tf.cast(_finite(target, numbers, lay.target, checks), tf.int64)
                 checks.append(_assert_known(label, numbers, lay.target, len(lay.labels)))
                 y = tf.one_hot(label, len(lay.labels)) if lay.one_hot else tf.cast(label, tf.int32)
             else:
-                y = _number(column, numbers, lay.target, checks)[:, None]
-            with tf.control_dependencies(checks):      # a bad line fails the chunk, naming its line number
+                y = _finite(target, numbers, lay.target, checks)[:, None]
+            if draw is not None:                       # this epoch's order of the block's rows
+                order = tf.argsort(tf.random.stateless_uniform(tf.shape(numbers), tf.stack([draw, index])))
+                x = {k: tf.gather(v, order) for k, v in x.items()}
+                y = tf.gather(y, order)
+            with tf.control_dependencies(checks):      # a bad value fails the block, naming its line number
                 x = {k: tf.identity(v) for k, v in x.items()}
                 y = tf.identity(y)
             xs = x[next(iter(x))] if len(x) == 1 else x
             return (xs, y) if targets else xs
 
-        ds = tf.data.TextLineDataset(lay.path).skip(lay.skip).batch(CHUNK).enumerate()
-        ds = ds.map(lambda i, lines: parse(i, lines), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.unbatch()
+        # Whole blocks flow through the pipeline, never single rows (a tf.data element per row costs
+        # more than parsing it): shuffled, a block's rows are permuted by a draw that changes every
+        # epoch (Dataset.random), the blocks pass a shuffle buffer, and rebatch cuts the batches.
+        blocks = tf.data.TextLineDataset(lay.path).skip(lay.skip).batch(BLOCK).enumerate()
         if shuffle:
-            ds = ds.shuffle(min(SHUFFLE_BUFFER, max(self.count, 1)), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+            draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            ds = tf.data.Dataset.zip(blocks, draws).map(lambda block, draw: parse(*block, draw),
+                                                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = ds.shuffle(SHUFFLE_BLOCKS, seed=seed, reshuffle_each_iteration=True)
+        else:
+            ds = blocks.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.rebatch(batch_size).prefetch(tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         ds = ds.with_options(options)
@@ -243,25 +257,39 @@ class CsvStream:
         return register(ds, self)
 
     def find_bad_file(self) -> None:
-        """After a failed epoch: re-read the file in Python and raise a DataError at the first bad line."""
+        """After a failed epoch: re-read the file with Python's csv module and raise a DataError at the
+        first bad line (TensorFlow's CSV op names no line)."""
         lay = self.layout
         wanted = {c for cols in lay.inputs.values() for c in cols} | {lay.target}
-        with open(lay.path, encoding="utf-8-sig", errors="replace") as fh:
-            for number, line in enumerate(fh, 1):
-                if number <= lay.skip or not line.strip():
-                    continue
-                cells = [c.strip() for c in line.rstrip("\r\n").split(lay.delimiter)]
-                if len(cells) != len(lay.header):
-                    raise _line_error(lay, number, f"line {number} has {len(cells)} field"
-                                      f"{'s' * (len(cells) != 1)} but the header has {len(lay.header)}")
-                for j, cell in enumerate(cells):
-                    column = lay.header[j]
-                    if column not in wanted:
+        with open(lay.path, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            reader = csv.reader(fh, delimiter=lay.delimiter)
+            start = 1
+            try:
+                for record in reader:
+                    number, start = start, reader.line_num + 1
+                    if number <= lay.skip or not any(c.strip() for c in record):
                         continue
-                    problem = _cell_problem(lay, column, cell)
-                    if problem:
-                        raise _line_error(lay, number, f"column {column!r} {problem} on line {number} ({cell!r})",
-                                          col=1 + sum(len(c) + 1 for c in cells[:j]))
+                    if reader.line_num > number:      # the pipeline reads line by line
+                        raise _line_error(lay, number, f"a quoted field on line {number} holds a line break "
+                                          f"(the row runs to line {reader.line_num}); a streamed CSV file keeps "
+                                          "each row on one line")
+                    _check_record(lay, wanted, number, [c.strip() for c in record])
+            except csv.Error as exc:
+                raise _line_error(lay, start, f"malformed CSV on line {start}: {exc}") from None
+
+
+def _check_record(lay: CsvLayout, wanted: set[str], number: int, cells: list[str]) -> None:
+    if len(cells) != len(lay.header):
+        raise _line_error(lay, number, f"line {number} has {len(cells)} field"
+                          f"{'s' * (len(cells) != 1)} but the header has {len(lay.header)}")
+    for j, cell in enumerate(cells):
+        column = lay.header[j]
+        if column not in wanted:
+            continue
+        problem = _cell_problem(lay, column, cell)
+        if problem:
+            raise _line_error(lay, number, f"column {column!r} {problem} on line {number} ({cell!r})",
+                              col=1 + sum(len(c) + 1 for c in cells[:j]))
 
 
 def _cell_problem(lay: CsvLayout, column: str, cell: str) -> str | None:
@@ -319,11 +347,10 @@ def _assert_known(index, numbers, column: str, top: int | None = None):
                                                             tf.gather(numbers, where[:1, 0])], summarize=1)
 
 
-def _number(cells, numbers, column: str, checks: list):
+def _finite(values, numbers, column: str, checks: list):
+    """`values` (decoded float32), with a check that names the first line holding nan or inf."""
     import tensorflow as tf
 
-    # to_number fails on text with an error naming no line; such a cell is found by find_bad_file.
-    values = tf.strings.to_number(cells, tf.float32)
     bad = tf.where(~tf.math.is_finite(values))
     checks.append(tf.debugging.Assert(tf.equal(tf.size(bad), 0), [f"kspec-csv-value {column} at line",
                                                                    tf.gather(numbers, bad[:1, 0])], summarize=1))

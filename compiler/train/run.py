@@ -434,7 +434,7 @@ def _configure(spec: Spec, keras, tf):
     keras.utils.set_random_seed(spec.seed)
     if spec.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    precision = choose_precision(spec.train, spec.model)
+    precision = choose_precision(spec.train, spec.model, spec.data)
     keras.mixed_precision.set_global_policy(precision.policy)
     return precision
 
