@@ -243,7 +243,7 @@ class CsvStream:
         blocks = tf.data.TextLineDataset(lay.path).skip(lay.skip).batch(BLOCK).enumerate()
         if shuffle:
             draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            ds = tf.data.Dataset.zip(blocks, draws).map(lambda block, draw: parse(*block, draw),
+            ds = tf.data.Dataset.zip(blocks, draws).map(lambda block, draw: parse(block[0], block[1], draw),
                                                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             ds = ds.shuffle(SHUFFLE_BLOCKS, seed=seed, reshuffle_each_iteration=True)
         else:
