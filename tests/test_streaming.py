@@ -555,6 +555,28 @@ def test_streamed_csv_bad_row_found_by_the_csv_op_is_named(tmp_path, monkeypatch
     assert f"{path}:2500:" in str(e.value) and expected in str(e.value), str(e.value)
 
 
+def test_streamed_csv_training_order_is_seeded_and_changes_every_epoch(tmp_path):
+    """Blocks of rows flow whole: every row still comes once per epoch, in an order that is
+    the same for the same seed (resume) and different from one epoch to the next."""
+    path = _numbers_csv(tmp_path / "big.csv", 3000)
+    s = load_splits(DataSpec("csv", {"path": str(path), "target": "label", "stream": True},
+                             validation=0.0, test=0.0), flat(4), 0)
+
+    def two_epochs(seed):
+        ds = make_dataset(s.train, 256, shuffle=True, seed=seed)
+        return [np.concatenate([np.asarray(x)[:, 0] for x, _ in ds]) for _ in range(2)]
+
+    first, second = two_epochs(1)
+    again, _ = two_epochs(1)
+    other, _ = two_epochs(2)
+    column = np.array([float(line.split(",")[0]) for line in path.read_text().splitlines()[1:]], np.float32)
+    assert np.array_equal(np.sort(first), np.sort(column)) and np.array_equal(np.sort(second), np.sort(column))
+    assert not np.array_equal(first, column)                      # shuffled
+    assert not np.array_equal(first, second)                      # reshuffled every epoch
+    assert np.array_equal(first, again)                           # seeded
+    assert not np.array_equal(first, other)
+
+
 def test_streamed_csv_reads_quoted_fields(tmp_path):
     """RFC 4180: a quoted cell may hold the delimiter or a doubled quote; quoted numbers are numbers."""
     path = tmp_path / "quoted.csv"
