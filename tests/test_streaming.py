@@ -716,3 +716,43 @@ def test_each_worker_reads_a_disjoint_share_of_the_files(tmp_path, cache):
     assert sorted(shares[0] + shares[1]) == sorted(int(x.mean()) for x in s.train.sample(10).x["img"])
     one = make_dataset(s.train, 3, shuffle=True, seed=0)
     assert one.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+
+
+def test_predict_streams_a_big_csv_in_the_runs_layout(tmp_path, monkeypatch):
+    """`kspec predict RUN BIG.csv`: a file over STREAM_BYTES is parsed block by block (the run's
+    feature names say which columns, and a text column's categories, in order) and gives exactly
+    the predictions of the in-memory reader; a bad line half-way is named."""
+    import compiler.data.csvstream as csvstream
+    from compiler.spec.validate import load_spec
+    from compiler.train import train
+    from compiler.train.predict import predict_run
+
+    rng = np.random.default_rng(0)
+    rows = ["a,colour,b,label"]
+    for i in range(300):
+        a, b = rng.normal(size=2)
+        rows.append(f"{a:.3f},{['red', 'green', 'blue'][i % 3]},{b:.3f},{int(a + b > 0)}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "spec.yaml").write_text(
+        "kspec: 1\nname: big-predict\ndata:\n  source: {csv: train.csv, target: label}\nmodel:\n"
+        "  inputs:\n    x: {shape: [5]}\n  layers:\n    - Dense: {units: 2, activation: softmax}\n      name: label\n"
+        "  outputs: [label]\ntrain: {optimizer: adam, loss: sparse_categorical_crossentropy, epochs: 1}\n")
+    run = train(load_spec(tmp_path / "spec.yaml"), run_dir=tmp_path / "run", verbose=0)
+    new = tmp_path / "new.csv"
+    new.write_text("b,colour,a\n" + "".join(f"{r.split(',')[2]},{r.split(',')[1]},{r.split(',')[0]}\n"
+                                             for r in rows[1:]))       # other column order, no label
+    in_memory = predict_run(run, str(new), str(tmp_path / "p1.csv"))["label"]
+    monkeypatch.setattr(csvstream, "STREAM_BYTES", 0)
+    feed = csvstream.predict_stream(str(new), load_spec(tmp_path / "spec.yaml").model,
+                                    json.loads((run / "data.json").read_text())["feature_names"], 64)
+    assert feed is not None
+    streamed = predict_run(run, str(new), str(tmp_path / "p2.csv"))["label"]
+    np.testing.assert_allclose(streamed, in_memory, rtol=1e-6)
+    assert (tmp_path / "p1.csv").read_text() == (tmp_path / "p2.csv").read_text()
+    lines = new.read_text().splitlines()
+    lines[250] = "0.5,purple,0.1"
+    new.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        predict_run(run, str(new), str(tmp_path / "p3.csv"))
+    assert f"{new}:251:" in str(e.value) and "colour" in str(e.value)
+    assert not (tmp_path / "p3.csv").exists()

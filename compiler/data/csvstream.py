@@ -57,6 +57,11 @@ class CsvLayout:
     integer_labels: bool = False
     one_hot: bool = False                        # `preprocess: [one_hot]`
 
+    @property
+    def used(self) -> set[str]:
+        """The columns the pipeline decodes and checks: the features, and the target if there is one."""
+        return {c for cols in self.inputs.values() for c in cols} | ({self.target} if self.target else set())
+
     def feature_names(self) -> dict[str, list[str]]:
         """Input -> feature names, text columns as `column=category` (as the in-memory reader names them)."""
         return {name: [n for c in cols for n in ([f"{c}={v}" for v in self.categories[c]]
@@ -185,7 +190,7 @@ class CsvStream:
         label_table = _table(lay.labels) if lay.task == "classification" and not lay.integer_labels else None
         split_seed, lo, hi = self.seed, *_bounds(self.bucket, self.validation, self.test)
 
-        wanted = {c for cols in lay.inputs.values() for c in cols} | {lay.target}
+        wanted = lay.used
         # Every column is decoded (so that a row with too many fields fails too); the used numeric
         # ones as required float32 (an empty cell fails), the rest as text.
         defaults = [tf.constant([], tf.float32) if c in wanted and c not in tables and
@@ -217,6 +222,10 @@ class CsvStream:
                     else:
                         parts.append(_finite(column[c], numbers, c, checks)[:, None])
                 x[name] = tf.concat(parts, axis=1)
+            if not lay.target:                         # a file to predict on: features only
+                with tf.control_dependencies(checks):
+                    x = {k: tf.identity(v) for k, v in x.items()}
+                return x[next(iter(x))] if len(x) == 1 else x
             target = column[lay.target]
             if lay.task == "classification":
                 if label_table is not None:
@@ -260,7 +269,7 @@ class CsvStream:
         """After a failed epoch: re-read the file with Python's csv module and raise a DataError at the
         first bad line (TensorFlow's CSV op names no line)."""
         lay = self.layout
-        wanted = {c for cols in lay.inputs.values() for c in cols} | {lay.target}
+        wanted = lay.used
         with open(lay.path, encoding="utf-8-sig", errors="replace", newline="") as fh:
             reader = csv.reader(fh, delimiter=lay.delimiter)
             start = 1
@@ -399,3 +408,41 @@ def stream_csv(data, model, seed: int):
                   class_names={lay.output: lay.labels} if lay.task == "classification" else {},
                   feature_names=lay.feature_names(), source=lay.path, targets={lay.output: lay.target},
                   file=lay.path, notes=(note,))
+
+
+def predict_stream(path: str, model, feature_names: dict[str, list[str]], batch_size: int):
+    """`kspec predict RUN BIG.csv`: a CSV file over STREAM_BYTES streamed in the layout the run was
+    trained with (its recorded feature names: `column` or `column=category`); None for a smaller
+    file or one the in-memory reader must judge (`read_inputs` reads it)."""
+    ext = os.path.splitext(path)[1].lower()
+    names = [i.name for i in model.inputs]
+    if ext not in (".csv", ".tsv") or any(i.dtype == "string" for i in model.inputs) \
+            or not all(feature_names.get(n) for n in names):
+        return None
+    try:
+        if os.stat(path).st_size <= STREAM_BYTES:
+            return None
+    except OSError:
+        return None
+    from .files import check_regular
+
+    check_regular(path, "input file")
+    delimiter = "\t" if ext == ".tsv" else ","
+    f = parse_csv_text(path, _head(path, 2), delimiter)
+    inputs: dict[str, list[str]] = {}
+    categories: dict[str, list[str]] = {}
+    for name in names:
+        columns: list[str] = []
+        for feature in feature_names[name]:
+            column, _, category = feature.partition("=")
+            if feature in f.header or not category:        # a numeric column (its name may hold "=")
+                column = feature
+            else:
+                categories.setdefault(column, []).append(category)
+            if column not in columns:
+                f.index(column, "feature column")
+                columns.append(column)
+        inputs[name] = columns
+    lay = CsvLayout(path, delimiter, f.header, 1, inputs, categories, output="", target="", task="none")
+    return CsvStream(lay, 0, count_lines(path) - 1, 0, 0.0, 0.0).dataset(batch_size, shuffle=False, seed=0,
+                                                                        targets=False)
