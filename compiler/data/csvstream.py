@@ -190,13 +190,8 @@ class CsvStream:
         label_table = _table(lay.labels) if lay.task == "classification" and not lay.integer_labels else None
         split_seed, lo, hi = self.seed, *_bounds(self.bucket, self.validation, self.test)
 
-        wanted = lay.used
-        # Every column is decoded (so that a row with too many fields fails too); the used numeric
-        # ones as required float32 (an empty cell fails), the rest as text.
-        defaults = [tf.constant([], tf.float32) if c in wanted and c not in tables and
-                    not (c == lay.target and label_table is not None) else
-                    (tf.constant([], tf.string) if c in wanted else tf.constant("", tf.string))
-                    for c in lay.header]
+        text = set(tables) | ({lay.target} if label_table is not None else set())
+        defaults = [_record_default(tf, c in lay.used, c in text) for c in lay.header]
 
         def parse(index, lines, draw=None):
             checks = []
@@ -222,29 +217,26 @@ class CsvStream:
                     else:
                         parts.append(_finite(column[c], numbers, c, checks)[:, None])
                 x[name] = tf.concat(parts, axis=1)
-            if not lay.target:                         # a file to predict on: features only
-                with tf.control_dependencies(checks):
-                    x = {k: tf.identity(v) for k, v in x.items()}
-                return x[next(iter(x))] if len(x) == 1 else x
-            target = column[lay.target]
-            if lay.task == "classification":
-                if label_table is not None:
-                    label = label_table.lookup(tf.strings.strip(target))
-                else:
-                    label = tf.cast(_finite(target, numbers, lay.target, checks), tf.int64)
-                checks.append(_assert_known(label, numbers, lay.target, len(lay.labels)))
-                y = tf.one_hot(label, len(lay.labels)) if lay.one_hot else tf.cast(label, tf.int32)
-            else:
-                y = _finite(target, numbers, lay.target, checks)[:, None]
+            block = {"x": x}
+            if lay.target:                             # (a file to predict on has features only)
+                block["y"] = label(column[lay.target], numbers, checks)
             if draw is not None:                       # this epoch's order of the block's rows
                 order = tf.argsort(tf.random.stateless_uniform(tf.shape(numbers), tf.stack([draw, index])))
-                x = {k: tf.gather(v, order) for k, v in x.items()}
-                y = tf.gather(y, order)
+                block = tf.nest.map_structure(lambda v: tf.gather(v, order), block)
             with tf.control_dependencies(checks):      # a bad value fails the block, naming its line number
-                x = {k: tf.identity(v) for k, v in x.items()}
-                y = tf.identity(y)
-            xs = x[next(iter(x))] if len(x) == 1 else x
-            return (xs, y) if targets else xs
+                block = tf.nest.map_structure(tf.identity, block)
+            xs = block["x"][next(iter(x))] if len(x) == 1 else block["x"]
+            return (xs, block["y"]) if targets and "y" in block else xs
+
+        def label(target, numbers, checks):
+            if lay.task != "classification":
+                return _finite(target, numbers, lay.target, checks)[:, None]
+            if label_table is not None:
+                k = label_table.lookup(tf.strings.strip(target))
+            else:
+                k = tf.cast(_finite(target, numbers, lay.target, checks), tf.int64)
+            checks.append(_assert_known(k, numbers, lay.target, len(lay.labels)))
+            return tf.one_hot(k, len(lay.labels)) if lay.one_hot else tf.cast(k, tf.int32)
 
         # Whole blocks flow through the pipeline, never single rows (a tf.data element per row costs
         # more than parsing it): shuffled, a block's rows are permuted by a draw that changes every
@@ -285,6 +277,14 @@ class CsvStream:
                     _check_record(lay, wanted, number, [c.strip() for c in record])
             except csv.Error as exc:
                 raise _line_error(lay, start, f"malformed CSV on line {start}: {exc}") from None
+
+
+def _record_default(tf, used: bool, text: bool):
+    """decode_csv's record default: every column is decoded (so that a row with too many fields
+    fails too); a used one is required (an empty cell fails), as float32 unless it holds text."""
+    if not used:
+        return tf.constant("", tf.string)
+    return tf.constant([], tf.string if text else tf.float32)
 
 
 def _check_record(lay: CsvLayout, wanted: set[str], number: int, cells: list[str]) -> None:
@@ -373,8 +373,13 @@ def wants_stream(data) -> bool:
     choice = data.params.get("stream", "auto")
     if choice is True or choice is False:
         return choice
+    return _big(str(data.params["path"]))
+
+
+def _big(path: str) -> bool:
+    """Over STREAM_BYTES (a path that cannot be read is left to the in-memory reader's error)."""
     try:
-        return os.stat(str(data.params["path"])).st_size > STREAM_BYTES
+        return os.stat(path).st_size > STREAM_BYTES
     except OSError:
         return False
 
@@ -417,12 +422,7 @@ def predict_stream(path: str, model, feature_names: dict[str, list[str]], batch_
     ext = os.path.splitext(path)[1].lower()
     names = [i.name for i in model.inputs]
     if ext not in (".csv", ".tsv") or any(i.dtype == "string" for i in model.inputs) \
-            or not all(feature_names.get(n) for n in names):
-        return None
-    try:
-        if os.stat(path).st_size <= STREAM_BYTES:
-            return None
-    except OSError:
+            or not all(feature_names.get(n) for n in names) or not _big(path):
         return None
     from .files import check_regular
 

@@ -326,7 +326,7 @@ def _images(data: DataSpec, model: ModelSpec, seed: int) -> Table:
     shape = tuple(model.inputs[0].shape)
     size, mode = image_format(data, shape)
     on_bad = data.on_bad_file
-    if data.params.get("masks") is not None:
+    if data.segmentation:
         return _segmentation(data, root, inputs, outputs, images.ImageReader(size, COLOR_MODES[mode][1]))
     if os.path.isfile(root) and root.lower().endswith((".csv", ".tsv")):
         target = str(data.params.get("target") or "label")

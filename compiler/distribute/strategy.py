@@ -241,7 +241,7 @@ def bf16_suits(spec_model, train, data=None) -> tuple[bool, str]:
     """The rule read from README's precision table: bfloat16 pays for convolutions; a model of dense
     layers only (tiny on these examples) or an RNN gains nothing, regression targets lose precision,
     and per-pixel classification (segmentation) learns epochs behind float32."""
-    if data is not None and data.source == "images" and data.params.get("masks") is not None:
+    if data is not None and data.segmentation:
         # Measured: the segmentation test's conv net, 8 epochs, test pixel accuracy 0.905 in float32,
         # 0.758 (the all-background baseline) in bfloat16, which only caught up epochs later.
         return False, "the output classifies every pixel (segmentation learns slower in bfloat16)"

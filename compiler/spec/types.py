@@ -124,6 +124,11 @@ class DataSpec:
     cache: Any = "auto"                   # one of data.stream.CACHE_MODES (streamed sources)
     on_bad_file: str = "error"            # "error" | "skip" (image files that cannot be read)
 
+    @property
+    def segmentation(self) -> bool:
+        """`{images: DIR, masks: DIR}`: every pixel is classified."""
+        return self.source == "images" and self.params.get("masks") is not None
+
 
 @dataclass(frozen=True)
 class PhaseSpec:

@@ -50,12 +50,11 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
     batch = spec.train.batch_size if spec.train else 32
     from ..data.csvstream import predict_stream
 
-    streamed = image_stream(input, spec.model, batch)      # a folder of images: decoded batch by batch
-    big_csv = predict_stream(input, spec.model, info.get("feature_names") or {}, batch) if streamed is None else None
+    images = image_stream(input, spec.model, batch)        # a folder of images: decoded batch by batch
+    streamed = images[0] if images is not None else \
+        predict_stream(input, spec.model, info.get("feature_names") or {}, batch)   # a CSV over 256 MB
     if streamed is not None:
-        feed = streamed[0]
-    elif big_csv is not None:                              # a CSV over 256 MB: parsed block by block
-        feed = big_csv
+        feed = streamed
     else:
         x = read_inputs(input, spec.model, info.get("feature_names") or {})
         names = [i.name for i in spec.model.inputs]
@@ -65,12 +64,12 @@ def predict_run(run: str | os.PathLike, input: str, output: str | None = None) -
 
             feed = tf.nest.map_structure(tf.constant, feed)
     try:
-        raw = model.predict(feed, batch_size=None if streamed or big_csv is not None else batch, verbose=0)
+        raw = model.predict(feed, batch_size=None if streamed is not None else batch, verbose=0)
     except Exception as exc:
         from ..builder.errors import keras_message
         from ..data.stream import explain_failure
 
-        explain_failure(big_csv)                           # a bad line of a streamed CSV: named
+        explain_failure(streamed)                          # a bad line of a streamed CSV: named
 
         raise DataError(Diagnostic(f"cannot predict on {input}: {keras_message(exc)}")) from None
     outputs = list(spec.model.outputs)
