@@ -30,6 +30,11 @@ def make_dataset(arrays: Examples, batch_size: int, shuffle: bool, seed: int, ca
         ds = ds.shuffle(len(arrays), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
+    # tf.data's model-based autotuning has nothing to tune here (no parallel map; prefetch keeps its
+    # own buffer tuner), yet with it on, the first batch of an epoch waited about 1.2 s in a third
+    # to a half of the epochs while the CPU sat idle (2-core machine, the 28x28 CNN of
+    # bench/train_speed.py: 1.2 s epochs became 2.4 s). Off, no epoch stalled (README "CPU speed").
+    options.autotune.enabled = False
     # In-memory arrays: under MultiWorkerMirroredStrategy each worker takes its share of batches.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
