@@ -328,6 +328,21 @@ def postgres():
 
 
 @pytest.mark.slow
+def test_processes_opening_a_new_postgresql_storage_at_once_all_get_it(tmp_path, postgres):
+    """The first opens of an empty database race to create Optuna's tables and types; the losers
+    retry (SCHEMA_RACE_ERRORS) instead of failing with PostgreSQL's duplicate-object error."""
+    code = ("import sys, time; from pathlib import Path; from compiler.tune.study import storage\n"
+            "while time.time() < float(sys.argv[1]): time.sleep(0.001)\n"
+            "storage(sys.argv[2], Path('.')); print('opened')")
+    at = time.time() + 4.0                                          # all processes start creating together
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(at), postgres], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, outputs
+    assert all(out.strip() == "opened" for out, _ in outputs)
+
+
+@pytest.mark.slow
 def test_two_processes_share_one_study_on_postgresql(tmp_path, postgres):
     spec = write(tmp_path, "pg.yaml", LR.replace("trials: 3", "trials: 3\n  storage: " + postgres),
                  extra="train: {epochs: 2}\n")

@@ -18,6 +18,9 @@ from .space import SAMPLERS, SearchSpec
 
 JOURNAL = "study.journal"
 RDB_ATTEMPTS = 5
+# What PostgreSQL answers a process whose CREATE TABLE / CREATE TYPE of Optuna's schema raced
+# another's (psycopg2's error classes, named in the message): the schema exists now, so try again.
+SCHEMA_RACE_ERRORS = ("UniqueViolation", "DuplicateTable", "DuplicateObject")
 
 
 class TuneError(KspecError):
@@ -51,7 +54,7 @@ def storage(url: str, study_dir: Path):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
         except Exception as exc:   # SQLAlchemy / psycopg2 errors: the message names the problem, not the password
-            if "UniqueViolation" in str(exc) and attempt + 1 < RDB_ATTEMPTS:
+            if any(e in str(exc) for e in SCHEMA_RACE_ERRORS) and attempt + 1 < RDB_ATTEMPTS:
                 time.sleep(1.0)    # another process created Optuna's tables at the same moment: they exist now
                 continue
             text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
